@@ -1,0 +1,31 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: demo test bench install clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m jitad
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(PIP) install -q -e ".[bench]"
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
