@@ -27,10 +27,10 @@ class UnguardedConversionWarning(UserWarning):
     """A Value was turned into a Python number while tracing: replay cannot check it."""
 
 
-def _record(t, code, x, y, a, b, c):
+def _record(t, code, x, y, a, b, c, formula=None):
     """Append one entry computing op ``code`` on (x, y) to recorder t; return its Value."""
     try:
-        v, dx, dy, _, _, _ = ops.OPS[code].formula(x, y)
+        v, dx, dy, _, _, _ = (formula or ops.OPS[code].formula)(x, y)
     except (ArithmeticError, ValueError):
         v, dx, dy, _, _, _ = _ieee(code, x, y)
     i = t.n
@@ -77,14 +77,16 @@ def _foreign(t, *values):
 def _binary(code, reflected=False, identity=None):
     """The method ``self <op> other`` (``other <op> self`` when reflected)."""
 
+    formula = ops.OPS[code].formula
+
     def method(self, other):
         t = _state.rec
         if type(other) is Value:
             if self._t is not t or other._t is not t:
                 _foreign(t, self, other)
             if reflected:
-                return _record(t, code, other._data, self._data, other._i, self._i, 0.0)
-            return _record(t, code, self._data, other._data, self._i, other._i, 0.0)
+                return _record(t, code, other._data, self._data, other._i, self._i, 0.0, formula)
+            return _record(t, code, self._data, other._data, self._i, other._i, 0.0, formula)
         c = float(other) if type(other) is float or type(other) is int else _constant(other)
         if c is NotImplemented:
             return NotImplemented
@@ -93,18 +95,20 @@ def _binary(code, reflected=False, identity=None):
         if c == identity:
             return self
         if reflected:
-            return _record(t, code, c, self._data, -1, self._i, c)
-        return _record(t, code, self._data, c, self._i, -1, c)
+            return _record(t, code, c, self._data, -1, self._i, c, formula)
+        return _record(t, code, self._data, c, self._i, -1, c, formula)
 
     return method
 
 
 def _unary(code):
+    formula = ops.OPS[code].formula
+
     def method(self):
         t = _state.rec
         if self._t is not t:
             _foreign(t, self)
-        return _record(t, code, self._data, 0.0, self._i, -1, 0.0)
+        return _record(t, code, self._data, 0.0, self._i, -1, 0.0, formula)
 
     method.__name__ = ops.NAMES[code]
     method.__doc__ = f"``{ops.NAMES[code]}`` of this Value, recorded on the tape."
