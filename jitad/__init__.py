@@ -1,6 +1,8 @@
 """jitad: JIT-compiled, tape-based reverse-mode automatic differentiation."""
 
 from .tape import StaleValueError, Tape
+from .trace import BranchChanged, TapeFunction, trace
+from .transforms import grad, hessian, hvp, jacobian, value_and_grad
 from .value import (
     UnguardedConversionWarning,
     Value,
@@ -39,6 +41,14 @@ from .value import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BranchChanged",
+    "TapeFunction",
+    "trace",
+    "grad",
+    "hessian",
+    "hvp",
+    "jacobian",
+    "value_and_grad",
     "StaleValueError",
     "Tape",
     "UnguardedConversionWarning",

@@ -34,8 +34,11 @@ FIRST_COMPUTED = ops.PARAM + 1  # opcodes below this are sources, written, not c
 
 @kernel
 def forward(op, a, b, c, val, da, db, start, stop):
-    """Evaluate entries [start, stop) into val, da, db; return the first failed guard or -1."""
-    failed = -1
+    """Evaluate entries [start, stop) into val, da, db; return the first failed guard or -1.
+
+    Sources (leaves, parameters) are not computed: their values must already be in val.
+    The sweep stops at a failed guard: what follows belongs to another branch.
+    """
     for i in range(start, stop):
         code = op[i]
         if code < FIRST_COMPUTED:
@@ -48,9 +51,9 @@ def forward(op, a, b, c, val, da, db, start, stop):
         val[i] = v
         da[i] = dx
         db[i] = dy
-        if code == ops.GUARD and v == 0.0 and failed < 0:
-            failed = i
-    return failed
+        if code == ops.GUARD and v == 0.0:
+            return i
+    return -1
 
 
 @kernel
@@ -91,6 +94,114 @@ def tangent(a, b, da, db, dot, start, stop):
             dot[i] = s
 
 
-def empty_work(n):
-    """Scratch columns for one sweep over a tape of n entries."""
-    return np.empty(n), np.empty(n), np.empty(n)
+@kernel
+def hvp_sweep(op, a, b, c, val, da, db, adj, dot, adj_dot, last):
+    """Forward-over-reverse through entries [0, last]: with ``dot`` holding the tangent of
+    every source, propagate tangents forward, then sweep adjoints ``adj`` and their tangents
+    ``adj_dot`` (seeded by the caller) backward. Second partials come from the op table.
+    Zero factors are skipped, as in ``backward``, so 0 * inf never enters a sum."""
+    tangent(a, b, da, db, dot, 0, last + 1)
+    for i in range(last, -1, -1):
+        g = adj[i]
+        gd = adj_dot[i]
+        if g == 0.0 and gd == 0.0:
+            continue
+        ia = a[i]
+        ib = b[i]
+        if ia < 0 and ib < 0:
+            continue
+        xd = dot[ia] if ia >= 0 else 0.0
+        yd = dot[ib] if ib >= 0 else 0.0
+        dxx = dxy = dyy = 0.0
+        if g != 0.0 and (xd != 0.0 or yd != 0.0):
+            x = val[ia] if ia >= 0 else c[i]
+            y = val[ib] if ib >= 0 else c[i]
+            _, _, _, dxx, dxy, dyy = evaluate(op[i], x, y)
+        if ia >= 0:
+            adj[ia] += _product(da[i], g)
+            adj_dot[ia] += _product(da[i], gd) + _product(dxx, xd * g) + _product(dxy, yd * g)
+        if ib >= 0:
+            adj[ib] += _product(db[i], g)
+            adj_dot[ib] += _product(db[i], gd) + _product(dxy, xd * g) + _product(dyy, yd * g)
+
+
+@inline
+def _product(partial, weight):
+    # A zero weight contributes nothing, even against an infinite partial.
+    return partial * weight if weight != 0.0 else 0.0
+
+
+# --- one call per replay: composites of the sweeps above, to pay Numba's call cost once ---
+
+
+@kernel
+def replay(op, a, b, c, val, da, db, inputs, params, x, p):
+    """Write inputs x and parameters p into val and evaluate the whole tape."""
+    for k in range(inputs.shape[0]):
+        val[inputs[k]] = x[k]
+    for k in range(params.shape[0]):
+        val[params[k]] = p[k]
+    return forward(op, a, b, c, val, da, db, 0, op.shape[0])
+
+
+@kernel
+def gradient(a, b, da, db, adj, inputs, out, grad):
+    """grad[k] = d val[out] / d val[inputs[k]] by one reverse sweep (adj is scratch)."""
+    adj[: out + 1] = 0.0
+    adj[out] = 1.0
+    backward(a, b, da, db, adj, out)
+    for k in range(inputs.shape[0]):
+        grad[k] = adj[inputs[k]]
+
+
+@kernel
+def replay_value_and_grad(op, a, b, c, val, da, db, adj, inputs, params, out, x, p, grad):
+    """Replay at (x, p), then the gradient of entry ``out``; return a failed guard or -1."""
+    failed = replay(op, a, b, c, val, da, db, inputs, params, x, p)
+    if failed < 0:
+        gradient(a, b, da, db, adj, inputs, out, grad)
+    return failed
+
+
+@kernel
+def jacobian_reverse(a, b, da, db, adj, inputs, outputs, jac):
+    """jac[j, k] = d out_j / d in_k: one reverse sweep per output."""
+    for j in range(outputs.shape[0]):
+        gradient(a, b, da, db, adj, inputs, outputs[j], jac[j])
+
+
+@kernel
+def jacobian_forward(a, b, da, db, dot, inputs, outputs, jac):
+    """jac[j, k] = d out_j / d in_k: one tangent sweep per input."""
+    n = a.shape[0]
+    for k in range(inputs.shape[0]):
+        dot[:] = 0.0
+        dot[inputs[k]] = 1.0
+        tangent(a, b, da, db, dot, 0, n)
+        for j in range(outputs.shape[0]):
+            jac[j, k] = dot[outputs[j]]
+
+
+@kernel
+def hessian_vector(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs, out, v, hv):
+    """hv = H v for the Hessian of entry ``out`` w.r.t. the inputs (after a replay)."""
+    dot[: out + 1] = 0.0
+    for k in range(inputs.shape[0]):
+        dot[inputs[k]] = v[k]
+    adj[: out + 1] = 0.0
+    adj_dot[: out + 1] = 0.0
+    adj[out] = 1.0
+    hvp_sweep(op, a, b, c, val, da, db, adj, dot, adj_dot, out)
+    for k in range(inputs.shape[0]):
+        hv[k] = adj_dot[inputs[k]]
+
+
+@kernel
+def hessian(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs, out, hess):
+    """The full Hessian of entry ``out``: one forward-over-reverse sweep per input."""
+    n = inputs.shape[0]
+    e = np.zeros(n)
+    for k in range(n):
+        e[k] = 1.0
+        hessian_vector(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs, out, e, hess[k])
+        e[k] = 0.0

@@ -30,7 +30,7 @@ class StaleValueError(RuntimeError):
 class _Recorder:
     """The storage of one tape between two resets; Values point to it."""
 
-    __slots__ = ("buf", "n", "tape", "grad", "alive", "tracing", "lines", "thread")
+    __slots__ = ("buf", "n", "tape", "grad", "alive", "tracing", "sites", "lines", "thread")
 
     def __init__(self, tape):
         self.buf = bytearray()
@@ -38,7 +38,8 @@ class _Recorder:
         self.tape = tape
         self.grad = None
         self.alive = True
-        self.tracing = False
+        self.tracing = False  # set by jitad.trace: conversions to float warn, guards note their line
+        self.sites = {}  # guard entry -> "file:line" of its comparison, while tracing
         self.lines = None  # source lines of entries, only in debug mode
         self.thread = threading.get_ident()
 

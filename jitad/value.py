@@ -5,6 +5,7 @@ Python raises instead of giving IEEE ``inf``/``nan`` (``math.log(0)``, ``1 / 0``
 same formula compiled by Numba gives the IEEE result.
 """
 
+import sys
 import warnings
 
 import numpy as np
@@ -262,8 +263,11 @@ def _comparison(code, swap):
         cond = record(self, other)
         if cond is NotImplemented:
             return NotImplemented
+        t = cond._t
         outcome = 1.0 if cond._data != 0.0 else 0.0
-        _record(cond._t, ops.GUARD, cond._data, outcome, cond._i, -1, outcome)
+        guard = _record(t, ops.GUARD, cond._data, outcome, cond._i, -1, outcome)
+        if t.tracing:
+            t.sites[guard._i] = _caller_site()
         return outcome == 1.0
 
     return method
@@ -277,6 +281,14 @@ Value.__gt__ = _comparison(_C["lt"], True)  # a > b is b < a
 Value.__ge__ = _comparison(_C["le"], True)
 Value.__eq__ = _comparison(_C["eq"], False)
 Value.__ne__ = _comparison(_C["ne"], False)
+
+
+def _caller_site():
+    """``file:line`` of the innermost frame outside jitad: where a comparison was written."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("jitad."):
+        frame = frame.f_back
+    return "unknown line" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
 def _warn_unguarded(what):

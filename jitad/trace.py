@@ -1,0 +1,355 @@
+"""Record once, replay many: ``trace`` records a function into a ``Program`` (the tape as
+contiguous arrays plus its inputs, parameters, outputs and guards), and ``TapeFunction``
+replays it in Numba at new points, re-recording when a guarded branch goes the other way.
+"""
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from . import kernels, ops
+from .tape import Tape
+from .value import StaleValueError, Value
+
+MAX_BRANCHES = 16  # programs kept per TapeFunction, one per branch signature (LRU)
+
+
+class BranchChanged(RuntimeError):
+    """A comparison recorded while tracing has another outcome at this input."""
+
+
+class Program:
+    """A recorded tape, frozen: the Wengert list as arrays, and where its inputs,
+    parameters, outputs and guards are. Kernels read it; nothing writes it."""
+
+    def __init__(self, op, a, b, const, value, inputs, params, outputs, param_shapes, sites=None, da=None, db=None):
+        self.op = op
+        self.a = a
+        self.b = b
+        self.const = const
+        self.value = value  # the values when recorded: constants keep theirs in every replay
+        self.inputs = inputs
+        self.params = params
+        self.outputs = outputs
+        self.param_shapes = param_shapes
+        self.sites = sites or {}  # guard entry -> the Python line that made the comparison
+        self._recorded = (value, da, db)
+        self.guards = np.flatnonzero(op == ops.GUARD).astype(np.int32)
+
+    def __len__(self):
+        return self.op.shape[0]
+
+    @property
+    def names(self):
+        return [ops.NAMES[k] for k in self.op]
+
+    def __repr__(self):
+        return (
+            f"<jitad tape: {len(self)} entries, {self.inputs.size} inputs, {self.params.size} parameters, "
+            f"{self.outputs.size} outputs, {self.guards.size} guards>"
+        )
+
+    def describe_guard(self, i):
+        cmp = self.a[i]
+        name = ops.NAMES[self.op[cmp]] if cmp >= 0 else "comparison"
+        outcome = bool(self.const[i])
+        site = self.sites.get(int(i), "unknown line")
+        return f"the comparison ({name}) at tape entry {cmp}, made at {site}, was {outcome} when recorded"
+
+
+def _as_vector(x, n, what="x"):
+    if type(x) is np.ndarray and x.dtype == np.float64 and x.shape == (n,):
+        return x
+    try:
+        v = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{what} must be an array of real numbers: {e}") from None
+    if v.ndim != 1 or (n is not None and v.shape[0] != n):
+        expect = f"({n},)" if n is not None else "1-D"
+        raise ValueError(f"{what} must have shape {expect}, got {v.shape}")
+    return np.ascontiguousarray(v)
+
+
+def _flatten_params(args, shapes):
+    """The parameters as one float vector, checked against the traced shapes."""
+    if len(args) != len(shapes):
+        raise TypeError(f"expected {len(shapes)} extra argument(s) (parameters), got {len(args)}")
+    if not args:
+        return _NO_PARAMS
+    parts = []
+    for k, (arg, shape) in enumerate(zip(args, shapes)):
+        p = _real_array(arg, f"parameter {k}")
+        if p.shape != shape:
+            raise ValueError(f"parameter {k} has shape {p.shape}, but was traced with shape {shape}")
+        parts.append(p.ravel())
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _real_array(arg, what):
+    if isinstance(arg, Value):
+        raise TypeError(f"{what} is a Value; parameters are plain numbers or arrays")
+    try:
+        p = np.asarray(arg)
+    except Exception as e:  # noqa: BLE001 - anything NumPy cannot convert
+        raise TypeError(f"{what} must be a number or an array of real numbers: {e}") from None
+    if p.dtype.kind not in "biuf":
+        raise TypeError(f"{what} must hold real numbers, got dtype {p.dtype}")
+    return p.astype(np.float64)
+
+
+_NO_PARAMS = np.empty(0)
+
+
+def record(f, x, args):
+    """Call f on input Values at x and parameter Values at args; return the Program."""
+    x = _as_vector(x, None)
+    shapes = tuple(_real_array(arg, f"parameter {k}").shape for k, arg in enumerate(args))
+    with Tape() as tape:
+        rec = tape._rec
+        rec.tracing = True
+        try:
+            xs = np.empty(x.shape[0], dtype=object)
+            for k in range(x.shape[0]):
+                xs[k] = Value(float(x[k]))
+            first_param = len(tape)
+            ps = []
+            for arg in args:
+                p = _real_array(arg, "parameter")
+                boxed = np.empty(p.shape, dtype=object)
+                flat = boxed.reshape(-1)
+                for k, v in enumerate(p.ravel()):
+                    flat[k] = Value(float(v))
+                ps.append(boxed if p.ndim else boxed[()])
+            n_params = len(tape) - first_param
+            out = f(xs, *ps)
+        finally:
+            rec.tracing = False
+        outputs = _output_indices(out, rec)
+        e = rec.entries()
+        columns = {name: e[name].copy() for name in ("op", "a", "b", "c", "val", "da", "db")}
+        del e
+        sites = rec.sites
+    op = columns["op"]
+    op[first_param : first_param + n_params] = ops.PARAM
+    return Program(
+        op=op,
+        a=columns["a"],
+        b=columns["b"],
+        const=columns["c"],
+        value=columns["val"],
+        inputs=np.arange(x.shape[0], dtype=np.int32),
+        params=np.arange(first_param, first_param + n_params, dtype=np.int32),
+        outputs=outputs,
+        param_shapes=shapes,
+        sites=sites,
+        da=columns["da"],
+        db=columns["db"],
+    ), isinstance(out, Value)
+
+
+def _output_indices(out, rec):
+    values = [out] if isinstance(out, Value) else _sequence(out)
+    idx = np.empty(len(values), dtype=np.int32)
+    for j, v in enumerate(values):
+        if not isinstance(v, Value):
+            raise TypeError(
+                f"the traced function must return a Value or a sequence of Values; output {j} is "
+                f"{type(v).__name__} {v!r} (wrap constants: jitad.Value(c))"
+            )
+        if v._t is not rec:
+            raise StaleValueError(f"output {j} ({v!r}) was not recorded while tracing (a Value captured from outside?)")
+        idx[j] = v._i
+    if idx.size == 0:
+        raise ValueError("the traced function returned no outputs")
+    return idx
+
+
+def _sequence(out):
+    if isinstance(out, (list, tuple)):
+        return list(out)
+    if isinstance(out, np.ndarray):
+        return list(out.ravel())
+    raise TypeError(
+        f"the traced function must return a Value or a sequence of Values, got {type(out).__name__} {out!r}"
+    )
+
+
+class _Work:
+    """One thread's scratch columns for one program (values start as recorded)."""
+
+    __slots__ = ("val", "da", "db", "adj", "dot", "adj_dot")
+
+    def __init__(self, program):
+        value, da, db = program._recorded
+        self.val = value.copy()
+        self.da = da.copy() if da is not None else np.zeros(len(program))
+        self.db = db.copy() if db is not None else np.zeros(len(program))
+        self.adj = np.zeros(len(program))
+        self.dot = None
+        self.adj_dot = None
+
+
+class TapeFunction:
+    """A function recorded once and replayed in compiled code at new inputs.
+
+    ``F(x, *params)`` values; ``grad``, ``value_and_grad``, ``jacobian``, ``hvp``,
+    ``hessian``; ``F.tape`` is the recorded Wengert list. Comparisons recorded while tracing
+    are re-checked at every call: when one differs, ``retrace="auto"`` records ``f`` again at
+    that point (keeping up to ``MAX_BRANCHES`` tapes, one per branch signature) and
+    ``retrace="raise"`` raises ``BranchChanged``.
+    """
+
+    def __init__(self, f, program, scalar, retrace="auto"):
+        if retrace not in ("auto", "raise"):
+            raise ValueError(f"retrace must be 'auto' or 'raise', got {retrace!r}")
+        self._f = f
+        self._scalar = scalar
+        self._retrace = retrace
+        self._n = program.inputs.size
+        self._param_shapes = program.param_shapes
+        self._programs = OrderedDict([(id(program), program)])
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self.retraces = 0  # how many times f was recorded again after a branch change
+
+    @property
+    def tape(self):
+        """The most recently used recorded program."""
+        return next(reversed(self._programs.values()))
+
+    def __repr__(self):
+        name = getattr(self._f, "__name__", "loaded tape")
+        return f"<jitad.TapeFunction of {name}: {len(self.tape)} entries, {len(self._programs)} branch(es)>"
+
+    # the replay loop -------------------------------------------------------------------
+    def _work(self, program):
+        cache = getattr(self._local, "work", None)
+        if cache is None:
+            cache = self._local.work = {}
+        w = cache.get(id(program))
+        if w is None or w[0] is not program:
+            w = cache[id(program)] = (program, _Work(program))
+        return w[1]
+
+    def _run(self, x, args):
+        """Replay at (x, args): return (program, work) holding this point's values and
+        partials; try each branch's program, re-record when none matches."""
+        x = _as_vector(x, self._n)
+        p = _flatten_params(args, self._param_shapes)
+        with self._lock:
+            candidates = list(reversed(self._programs.values()))
+        failures = []
+        for program in candidates:
+            w = self._work(program)
+            failed = kernels.replay(
+                program.op, program.a, program.b, program.const, w.val, w.da, w.db, program.inputs, program.params, x, p
+            )
+            if failed < 0:
+                if program is not candidates[0]:
+                    with self._lock:
+                        if id(program) in self._programs:
+                            self._programs.move_to_end(id(program))
+                return program, w
+            failures.append((program, failed))
+        program, failed = failures[0]
+        if self._retrace == "raise" or self._f is None:
+            why = (
+                "this TapeFunction was loaded from a file and cannot record the function again"
+                if self._f is None
+                else "retrace='raise'"
+            )
+            raise BranchChanged(
+                f"a branch went the other way at this input: {program.describe_guard(failed)}; "
+                f"it is not at x = {np.array2string(x, threshold=6)}. Not re-recorded because {why}."
+            )
+        return self._retrace_at(x, args)
+
+    def _retrace_at(self, x, args):
+        program, _ = record(self._f, x, args)
+        w = _Work(program)  # recorded values and partials: already this point's
+        cache = getattr(self._local, "work", None)
+        if cache is None:
+            cache = self._local.work = {}
+        cache[id(program)] = (program, w)
+        with self._lock:
+            self.retraces += 1
+            self._programs[id(program)] = program
+            while len(self._programs) > MAX_BRANCHES:
+                self._programs.popitem(last=False)
+        return program, w
+
+    # public evaluation -----------------------------------------------------------------
+    def __call__(self, x, *args):
+        program, w = self._run(x, args)
+        out = w.val[program.outputs]
+        return float(out[0]) if self._scalar else out
+
+    def _scalar_output(self, what):
+        if not self._scalar:
+            raise ValueError(f"{what} needs a function with one Value output; this one returns a sequence (use jacobian)")
+
+    def value_and_grad(self, x, *args):
+        """(f(x), ∇f(x)): one replay and one reverse sweep."""
+        self._scalar_output("value_and_grad")
+        program, w = self._run(x, args)
+        out = int(program.outputs[0])
+        grad = np.empty(self._n)
+        kernels.gradient(program.a, program.b, w.da, w.db, w.adj, program.inputs, out, grad)
+        return float(w.val[out]), grad
+
+    def grad(self, x, *args):
+        """∇f(x) as an ndarray of shape (n,)."""
+        return self.value_and_grad(x, *args)[1]
+
+    def jacobian(self, x, *args):
+        """The (m, n) Jacobian: m reverse sweeps, or n tangent sweeps when n < m."""
+        program, w = self._run(x, args)
+        m = program.outputs.size
+        jac = np.empty((m, self._n))
+        if self._n < m:
+            dot = np.empty(len(program))
+            kernels.jacobian_forward(program.a, program.b, w.da, w.db, dot, program.inputs, program.outputs, jac)
+        else:
+            kernels.jacobian_reverse(program.a, program.b, w.da, w.db, w.adj, program.inputs, program.outputs, jac)
+        return jac[0] if self._scalar else jac
+
+    def _second_order(self, x, args):
+        self._scalar_output("second order")
+        program, w = self._run(x, args)
+        if w.dot is None:
+            w.dot = np.zeros(len(program))
+            w.adj_dot = np.zeros(len(program))
+        return program, w
+
+    def hvp(self, x, v, *args):
+        """Hessian-vector product H(x) v, exact (forward-over-reverse on the tape)."""
+        program, w = self._second_order(x, args)
+        v = _as_vector(v, self._n, "v")
+        hv = np.empty(self._n)
+        kernels.hessian_vector(
+            program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj, w.dot, w.adj_dot,
+            program.inputs, int(program.outputs[0]), v, hv,
+        )  # fmt: skip
+        return hv
+
+    def hessian(self, x, *args):
+        """The (n, n) Hessian: n forward-over-reverse sweeps, symmetrized."""
+        program, w = self._second_order(x, args)
+        h = np.empty((self._n, self._n))
+        kernels.hessian(
+            program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj, w.dot, w.adj_dot,
+            program.inputs, int(program.outputs[0]), h,
+        )  # fmt: skip
+        return 0.5 * (h + h.T)
+
+
+def trace(f, x0, *args, retrace="auto"):
+    """Record ``f(x, *args)`` at ``x0`` and return a ``TapeFunction`` that replays it.
+
+    ``f`` receives ``x`` as a 1-D object array of Values and returns a Value or a sequence of
+    Values. ``args`` (numbers or arrays) become parameters: they can change between calls
+    without re-recording and get no derivative.
+    """
+    program, scalar = record(f, x0, args)
+    return TapeFunction(f, program, scalar, retrace=retrace)
