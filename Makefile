@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e ".[test,notebooks]"
+	$(PIP) install -q -e ".[test,notebooks,dask]"
 	touch $@
 
 install: $(VENV)/.installed

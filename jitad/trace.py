@@ -222,6 +222,18 @@ class TapeFunction:
         name = getattr(self._f, "__name__", "loaded tape")
         return f"<jitad.TapeFunction of {name}: {len(self.tape)} entries, {len(self._programs)} branch(es)>"
 
+    # persistence: the tape arrays only, validated on the way in (see io.py) --------------
+    def save(self, path):
+        """Write the tape to ``path`` as a NumPy ``.npz`` archive (no pickle)."""
+        from .io import save
+
+        save(self, path)
+
+    def __reduce__(self):
+        from .io import from_arrays, to_arrays
+
+        return from_arrays, (to_arrays(self),)
+
     # the replay loop -------------------------------------------------------------------
     def _work(self, program):
         cache = getattr(self._local, "work", None)
