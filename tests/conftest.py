@@ -1,4 +1,4 @@
-"""Test setup: a fresh Numba cache, a fresh tape per test, finite-difference helpers."""
+"""Test setup: a fresh Numba cache, a fresh tape per test, central differences."""
 
 import atexit
 import os
@@ -36,9 +36,3 @@ def central_gradient(f, x, h=1e-6):
         down[i] -= step
         g[i] = (f(*up) - f(*down)) / (up[i] - down[i])
     return g
-
-
-@pytest.fixture
-def numgrad():
-    """``numgrad(f, x)``: central-difference gradient of f(*x) (f takes floats)."""
-    return central_gradient
