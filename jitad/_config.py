@@ -4,21 +4,36 @@
 kernels never use fastmath, and use NumPy's error model so ``1/0`` is ``inf``, not an exception.
 """
 
+import hashlib
 import os
+from pathlib import Path
 
 import numba
+from numba.core.caching import FunctionCache
 
 CACHE = os.environ.get("JITAD_CACHE", "1") != "0"
 
-_OPTIONS = dict(cache=CACHE, nogil=True, fastmath=False, error_model="numpy")
+_OPTIONS = dict(nogil=True, fastmath=False, error_model="numpy")
+
+# Numba keys a cached kernel on its own source file only, but the op table (ops.py) is
+# compiled into every kernel: key the cache on the sources of the whole package as well,
+# so an edited op can never run stale machine code.
+_SOURCES = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))).hexdigest()
+
+
+class _Cache(FunctionCache):
+    def _index_key(self, sig, codegen):
+        return (*super()._index_key(sig, codegen), _SOURCES)
 
 
 def kernel(fn=None, **overrides):
     """``numba.njit`` with jitad's settings; ``@kernel`` or ``@kernel(parallel=True)``."""
-    options = {**_OPTIONS, **overrides}
     if fn is None:
-        return lambda f: numba.njit(**options)(f)
-    return numba.njit(**options)(fn)
+        return lambda f: kernel(f, **overrides)
+    dispatcher = numba.njit(**{**_OPTIONS, **overrides})(fn)
+    if CACHE:
+        dispatcher._cache = _Cache(fn)
+    return dispatcher
 
 
 def inline(fn):

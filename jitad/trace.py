@@ -6,6 +6,7 @@ replays it in Numba at new points, re-recording when a guarded branch goes the o
 import threading
 from collections import OrderedDict
 
+import numba
 import numpy as np
 
 from . import kernels, ops
@@ -264,7 +265,10 @@ class TapeFunction:
                             self._programs.move_to_end(id(program))
                 return program, w
             failures.append((program, failed))
-        program, failed = failures[0]
+        return self._retrace_at(x, args, *failures[0])
+
+    def _retrace_at(self, x, args, program, failed):
+        """Record f again at x, where ``failed`` is the first guard of ``program`` that failed."""
         if self._retrace == "raise" or self._f is None:
             why = (
                 "this TapeFunction was loaded from a file and cannot record the function again"
@@ -275,9 +279,6 @@ class TapeFunction:
                 f"a branch went the other way at this input: {program.describe_guard(failed)}; "
                 f"it is not at x = {np.array2string(x, threshold=6)}. Not re-recorded because {why}."
             )
-        return self._retrace_at(x, args)
-
-    def _retrace_at(self, x, args):
         program, _ = record(self._f, x, args)
         w = _Work(program)  # recorded values and partials: already this point's
         cache = getattr(self._local, "work", None)
@@ -326,6 +327,91 @@ class TapeFunction:
             kernels.jacobian_reverse(program.a, program.b, w.da, w.db, w.adj, program.inputs, program.outputs, jac)
         return jac[0] if self._scalar else jac
 
+    # batches ------------------------------------------------------------------------------
+    def batch(self, X, *args, block=None):
+        """f at each row of X (K, n): shape (K,), or (K, m) for m outputs. Parameters are
+        shared (traced shape) or per point (leading dimension K)."""
+        values, _ = self._batched(X, args, False, block)
+        return values[:, 0] if self._scalar else values
+
+    def value_and_grad_batch(self, X, *args, block=None):
+        """(f, ∇f) at each row of X (K, n): shapes (K,) and (K, n)."""
+        self._scalar_output("value_and_grad_batch")
+        values, grads = self._batched(X, args, True, block)
+        return values[:, 0], grads
+
+    def grad_batch(self, X, *args, block=None):
+        """∇f at each row of X (K, n): shape (K, n)."""
+        return self.value_and_grad_batch(X, *args, block=block)[1]
+
+    def _batch_params(self, args, K):
+        """Parameters as a (1, p) array when shared, (K, p) when given per point."""
+        if len(args) != len(self._param_shapes):
+            raise TypeError(f"expected {len(self._param_shapes)} extra argument(s) (parameters), got {len(args)}")
+        if not args:
+            return np.empty((1, 0)), False
+        arrays = [_real_array(arg, f"parameter {k}") for k, arg in enumerate(args)]
+        if all(p.shape == s for p, s in zip(arrays, self._param_shapes)):
+            return _flatten_params(args, self._param_shapes)[None, :], False
+        rows = []
+        for k, (p, s) in enumerate(zip(arrays, self._param_shapes)):
+            if p.shape == (K,) + s:
+                rows.append(p.reshape(K, -1))
+            elif p.shape == s:
+                rows.append(np.broadcast_to(p.reshape(1, -1), (K, p.size)))
+            else:
+                raise ValueError(f"parameter {k} has shape {p.shape}; expected {s} (shared) or {(K,) + s} (per point)")
+        return np.ascontiguousarray(np.concatenate(rows, axis=1)), True
+
+    def _batched(self, X, args, want_grad, block):
+        X = np.asarray(X, dtype=np.float64) if not isinstance(X, np.ndarray) else X
+        if X.ndim != 2 or X.shape[1] != self._n or X.dtype.kind not in "biuf":
+            raise ValueError(f"X must be a real array of shape (K, {self._n}), got {X.dtype} {X.shape}")
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        K = X.shape[0]
+        P, per_point = self._batch_params(args, K)
+        m = self.tape.outputs.size
+        values = np.empty((K, m))
+        grads = np.empty((K, self._n)) if want_grad else np.empty((0, 0))
+        pending = np.arange(K)
+        with self._lock:
+            programs = list(reversed(self._programs.values()))
+        first_failure = None
+        while pending.size:
+            if programs:
+                program = programs.pop(0)
+            else:
+                # No known branch fits the first pending point: record f there.
+                k = pending[0]
+                point_args = _point_args(args, self._param_shapes, k) if per_point else args
+                program, w = self._retrace_at(X[k], point_args, *first_failure)
+                if _replay_fails_at_own_point(program, w, X[k], point_args):
+                    values[k] = w.val[program.outputs]
+                    if want_grad:
+                        out = int(program.outputs[0])
+                        kernels.gradient(program.a, program.b, w.da, w.db, w.adj, program.inputs, out, grads[k])
+                    pending = pending[1:]
+                    continue
+            Xp = X[pending]
+            Pp = P[pending] if per_point else P
+            v = np.empty((pending.size, m))
+            g = np.empty((pending.size, self._n)) if want_grad else grads
+            failed = np.empty(pending.size, dtype=np.int64)
+            kernels.batch(
+                program.op, program.a, program.b, program.const, program.value, program.inputs, program.params,
+                program.outputs, Xp, Pp, _block_size(block, len(program), pending.size), want_grad, v, g, failed,
+            )  # fmt: skip
+            ok = failed < 0
+            values[pending[ok]] = v[ok]
+            if want_grad:
+                grads[pending[ok]] = g[ok]
+            if not ok.all() and first_failure is None:
+                first_failure = (program, int(failed[~ok][0]))
+            if not ok.all() and not programs:
+                first_failure = (program, int(failed[~ok][0]))
+            pending = pending[~ok]
+        return values, grads
+
     def _second_order(self, x, args):
         self._scalar_output("second order")
         program, w = self._run(x, args)
@@ -354,6 +440,34 @@ class TapeFunction:
             program.inputs, int(program.outputs[0]), h,
         )  # fmt: skip
         return 0.5 * (h + h.T)
+
+
+def _point_args(args, shapes, k):
+    return tuple(arg if np.shape(arg) == s else np.asarray(arg)[k] for arg, s in zip(args, shapes))
+
+
+def _replay_fails_at_own_point(program, w, x, args):
+    """True when a freshly recorded program's guards fail at the very point it was recorded
+    at: a comparison so close to its boundary that compiled and Python math disagree in the
+    last bit. The recording itself is then the answer for that point."""
+    check = _Work(program)
+    p = _flatten_params(args, program.param_shapes)
+    return kernels.replay(
+        program.op, program.a, program.b, program.const, check.val, check.da, check.db, program.inputs,
+        program.params, x, p,
+    ) >= 0  # fmt: skip
+
+
+def _block_size(block, n_entries, K):
+    """Points per block: given, or as many as keep a block's columns (3 x 8 bytes per entry
+    and point) within ~512 KiB of cache, capped at 64 and at an even share per thread."""
+    if block is not None:
+        if int(block) < 1:
+            raise ValueError(f"block must be a positive number of points, got {block}")
+        return int(block)
+    fit = max(1, (512 * 1024) // (24 * max(n_entries, 1)))
+    share = max(1, -(-K // numba.get_num_threads()))
+    return int(min(64, fit, share))
 
 
 def trace(f, x0, *args, retrace="auto"):
