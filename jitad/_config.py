@@ -16,9 +16,10 @@ CACHE = os.environ.get("JITAD_CACHE", "1") != "0"
 _OPTIONS = dict(nogil=True, fastmath=False, error_model="numpy")
 
 # Numba keys a cached kernel on its own source file only, but the op table (ops.py) is
-# compiled into every kernel: key the cache on the sources of the whole package as well,
+# compiled into every kernel: key the cache on the sources kernels are built from as well,
 # so an edited op can never run stale machine code.
-_SOURCES = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))).hexdigest()
+_HERE = Path(__file__).parent
+_SOURCES = hashlib.sha256(b"".join((_HERE / name).read_bytes() for name in ("ops.py", "kernels.py", "_config.py"))).hexdigest()
 
 
 class _Cache(FunctionCache):
