@@ -1,5 +1,6 @@
 """jitad: JIT-compiled, tape-based reverse-mode automatic differentiation."""
 
+from .debug import debug_nans
 from .tape import StaleValueError, Tape
 from .trace import BranchChanged, TapeFunction, trace
 from .transforms import grad, hessian, hvp, jacobian, value_and_grad
@@ -59,6 +60,7 @@ __all__ = [
     "atan",
     "atan2",
     "cos",
+    "debug_nans",
     "cosh",
     "equal",
     "exp",

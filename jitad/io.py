@@ -157,8 +157,8 @@ def _meta(raw):
     raw = _array(raw, "meta", np.uint8)
     try:
         meta = json.loads(raw.tobytes().decode("utf-8"))
-    except ValueError as e:
-        raise InvalidTape(f"'meta' is not UTF-8 JSON: {e}") from None
+    except (ValueError, RecursionError) as e:
+        raise InvalidTape(f"'meta' is not UTF-8 JSON: {type(e).__name__}: {e}") from None
     if not isinstance(meta, dict):
         raise InvalidTape(f"'meta' must be a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
@@ -267,9 +267,9 @@ def _check_meta(meta, col):
     sites = meta["sites"]
     if not isinstance(sites, dict):
         raise InvalidTape("meta 'sites' must be an object mapping guard entries to source lines")
-    guards = set(col["guards"].tolist())
+    guards = {str(g) for g in col["guards"].tolist()}
     for k, v in sites.items():
-        if not (k.isdigit() and int(k) in guards and isinstance(v, str)):
+        if k not in guards or not isinstance(v, str):
             raise InvalidTape(f"meta 'sites' must map guard entries to source lines, got {k!r}: {v!r:.100}")
     return tuple(tuple(s) for s in shapes)
 

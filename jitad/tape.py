@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from . import ops
+from . import debug, ops
 
 # One entry: constant, value, d/da, d/db (float64); operands a, b (int32, -1: the
 # constant); opcode (uint8). 48 bytes, aligned for the kernels.
@@ -40,7 +40,7 @@ class _Recorder:
         self.alive = True
         self.tracing = False  # set by jitad.trace: conversions to float warn, guards note their line
         self.sites = {}  # guard entry -> "file:line" of its comparison, while tracing
-        self.lines = None  # source lines of entries, only in debug mode
+        self.lines = {} if debug.enabled() else None  # entry -> source line, in debug mode
         self.thread = threading.get_ident()
 
     def entries(self):

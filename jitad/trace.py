@@ -9,7 +9,7 @@ from collections import OrderedDict
 import numba
 import numpy as np
 
-from . import kernels, ops
+from . import debug, kernels, ops
 from .tape import Tape
 from .value import StaleValueError, Value
 
@@ -24,7 +24,9 @@ class Program:
     """A recorded tape, frozen: the Wengert list as arrays, and where its inputs,
     parameters, outputs and guards are. Kernels read it; nothing writes it."""
 
-    def __init__(self, op, a, b, const, value, inputs, params, outputs, param_shapes, sites=None, da=None, db=None):
+    def __init__(
+        self, op, a, b, const, value, inputs, params, outputs, param_shapes, sites=None, da=None, db=None, lines=None
+    ):
         self.op = op
         self.a = a
         self.b = b
@@ -35,6 +37,7 @@ class Program:
         self.outputs = outputs
         self.param_shapes = param_shapes
         self.sites = sites or {}  # guard entry -> the Python line that made the comparison
+        self.lines = lines or {}  # entry -> the Python line that recorded it (debug mode only)
         self._recorded = (value, da, db)
         self.guards = np.flatnonzero(op == ops.GUARD).astype(np.int32)
 
@@ -131,6 +134,7 @@ def record(f, x, args):
         columns = {name: e[name].copy() for name in ("op", "a", "b", "c", "val", "da", "db")}
         del e
         sites = rec.sites
+        lines = rec.lines
     op = columns["op"]
     op[first_param : first_param + n_params] = ops.PARAM
     return Program(
@@ -146,6 +150,7 @@ def record(f, x, args):
         sites=sites,
         da=columns["da"],
         db=columns["db"],
+        lines=lines,
     ), isinstance(out, Value)
 
 
@@ -259,6 +264,8 @@ class TapeFunction:
                 program.op, program.a, program.b, program.const, w.val, w.da, w.db, program.inputs, program.params, x, p
             )
             if failed < 0:
+                if debug.enabled():
+                    debug.check_replay(program, w.val)
                 if program is not candidates[0]:
                     with self._lock:
                         if id(program) in self._programs:

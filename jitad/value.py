@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from . import kernels, ops
+from . import debug, kernels, ops
 from ._config import inline
 from .tape import MAX_ENTRIES, PACK, StaleValueError, _state
 
@@ -43,7 +43,7 @@ def _record(t, code, x, y, a, b, c, formula=None):
         raise MemoryError(f"out of memory recording entry {i} of a tape ({i * 48 / 2**30:.2f} GiB of entries)") from None
     t.n = i + 1
     if t.lines is not None:
-        _debug_entry(t, i, code, x, y, v)
+        debug.check_entry(t, i, code, x, y, v)
     out = object.__new__(Value)
     out._data = v
     out._i = i
@@ -299,12 +299,6 @@ def _warn_unguarded(what):
         UnguardedConversionWarning,
         stacklevel=3,
     )
-
-
-def _debug_entry(t, i, code, x, y, v):
-    from .debug import check_entry
-
-    check_entry(t, i, code, x, y, v)
 
 
 # --- reverse sweep ------------------------------------------------------------------------
