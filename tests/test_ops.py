@@ -224,13 +224,26 @@ def _same(a, b):
 SPECIALS = [0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 3.0, 1e-300, 1e300, -1e300, 710.0, -710.0, math.inf, -math.inf, math.nan]
 
 
+def _any_floats(n):
+    """n (x, y) pairs of arbitrary doubles: random bit patterns (every exponent, subnormals,
+    infinities, NaNs) and random signs and magnitudes between 1e-3 and 1e3."""
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**64, size=(n, 2), dtype=np.uint64).view(np.float64)
+    moderate = rng.choice([-1.0, 1.0], size=(n, 2)) * 10.0 ** rng.uniform(-3, 3, size=(n, 2))
+    return [tuple(map(float, p)) for p in np.concatenate([bits, moderate])]
+
+
+ANY_FLOATS = _any_floats(1000)
+
+
 @pytest.mark.parametrize("op", [op for op in ops.OPS if op.formula is not None], ids=_op_id)
 def test_python_and_compiled_formula_agree(op):
     # Recording runs the formula in Python, replay runs it compiled: they must not drift,
-    # in the domain and at its edges (where Python raises, recording uses the compiled one).
+    # in the domain, at its edges, or anywhere (where Python raises, recording uses the
+    # compiled formula).
     row = ROWS.get(op.name)
     points = sample(op) + list(row.points) if row else []
-    points += list(itertools.product(SPECIALS, repeat=2))
+    points += list(itertools.product(SPECIALS, repeat=2)) + ANY_FLOATS
     f = compiled(op.code)
     for x, y in points:
         try:
@@ -308,3 +321,4 @@ def test_pow_at_zero_base_has_zero_exponent_derivative():
     v, dx, dy = ops.OPS[ops.CODE["pow"]].formula(-2.0, 2.0)[:3]
     assert (v, dx) == (4.0, -4.0)
     assert math.isnan(dy)  # log of a negative base
+

@@ -201,6 +201,18 @@ def test_ufunc_between_a_float_array_and_a_value(tape):
     assert jitad.gradients(total, v) == pytest.approx(1 + 2 + 3 + 1 + 0 + 1)
 
 
+def test_binary_ufuncs_on_object_arrays_of_values(tape):
+    # NumPy's object loops call a method named after the ufunc on each element.
+    x = np.array([Value(0.5), Value(2.0)])
+    z = np.array([Value(1.5), Value(-0.25)])
+    for ufunc, function in ((np.power, lambda x, z: x**z), (np.arctan2, jitad.atan2), (np.hypot, jitad.hypot)):
+        got = ufunc(x, z)
+        want = function(x, z)
+        assert [g.data for g in got] == [w.data for w in want]
+        leaves = [*x, *z]
+        np.testing.assert_array_equal(jitad.gradients(sum(got), leaves), jitad.gradients(sum(want), leaves))
+
+
 def test_module_functions_on_arrays_map_elementwise(tape):
     x = np.array([Value(0.5), Value(2.0)])
     y = jitad.sin(x)
