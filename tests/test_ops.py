@@ -65,7 +65,9 @@ ROWS = {
     "log1p": Row(lambda x, y: (np.log1p(x), 1 / (1 + x), 0.0), (-0.9, 5.0), points=((1e-10, 0.0),)),
     "expm1": Row(lambda x, y: (np.expm1(x), np.exp(x), 0.0), ANY, points=((1e-10, 0.0),)),
     "sqrt": Row(lambda x, y: (np.sqrt(x), 0.5 / np.sqrt(x), 0.0), (0.1, 5.0)),
-    "softplus": Row(lambda x, y: (np.logaddexp(0.0, x), _sigmoid(x), 0.0), (-6.0, 6.0), points=((50.0, 0.0), (-50.0, 0.0))),
+    "softplus": Row(
+        lambda x, y: (np.logaddexp(0.0, x), _sigmoid(x), 0.0), (-6.0, 6.0), points=((50.0, 0.0), (-50.0, 0.0))
+    ),
     "sigmoid": Row(
         lambda x, y: (_sigmoid(x), _sigmoid(x) * _sigmoid(-x), 0.0), (-6.0, 6.0), points=((30.0, 0.0), (-30.0, 0.0))
     ),
@@ -321,4 +323,3 @@ def test_pow_at_zero_base_has_zero_exponent_derivative():
     v, dx, dy = ops.OPS[ops.CODE["pow"]].formula(-2.0, 2.0)[:3]
     assert (v, dx) == (4.0, -4.0)
     assert math.isnan(dy)  # log of a negative base
-

@@ -95,7 +95,16 @@ def test_a_constant_is_folded_into_one_entry(tape, expression, op, a, b, const, 
 
 @pytest.mark.parametrize(
     "expression",
-    [lambda x: x + 0, lambda x: 0 + x, lambda x: x - 0, lambda x: x * 1, lambda x: 1 * x, lambda x: x / 1, lambda x: x**1, lambda x: +x],
+    [
+        lambda x: x + 0,
+        lambda x: 0 + x,
+        lambda x: x - 0,
+        lambda x: x * 1,
+        lambda x: 1 * x,
+        lambda x: x / 1,
+        lambda x: x**1,
+        lambda x: +x,
+    ],
 )
 def test_identities_add_no_entry(tape, expression):
     x = Value(3.0)

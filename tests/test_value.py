@@ -77,37 +77,79 @@ EXPRESSIONS = {
     "expm1": (lambda a, b: a.expm1(), lambda a, b: np.expm1(a)),
     # module functions (they take floats too, returning floats)
     "jitad unary": _same(
-        lambda a, b: jitad.sin(a) * jitad.cos(b) + jitad.tan(a) - jitad.exp(a) / jitad.log(b) + jitad.log1p(a)
-        + jitad.expm1(b) * jitad.sqrt(b) + jitad.tanh(a) - jitad.sigmoid(b) + jitad.relu(a - b) + jitad.abs(a - b)
+        lambda a, b: (
+            jitad.sin(a) * jitad.cos(b)
+            + jitad.tan(a)
+            - jitad.exp(a) / jitad.log(b)
+            + jitad.log1p(a)
+            + jitad.expm1(b) * jitad.sqrt(b)
+            + jitad.tanh(a)
+            - jitad.sigmoid(b)
+            + jitad.relu(a - b)
+            + jitad.abs(a - b)
+        )
     ),
     "jitad inverse and hyperbolic": _same(
-        lambda a, b: jitad.asin(a) + jitad.acos(a) * jitad.atan(b) + jitad.sinh(a) * jitad.cosh(b) + jitad.softplus(a - b)
+        lambda a, b: (
+            jitad.asin(a) + jitad.acos(a) * jitad.atan(b) + jitad.sinh(a) * jitad.cosh(b) + jitad.softplus(a - b)
+        )
     ),
     "jitad binary": _same(
-        lambda a, b: jitad.atan2(a, b) + jitad.atan2(a, 2.0) * jitad.atan2(-2.0, b) + jitad.hypot(a, b)
-        + jitad.hypot(3.0, a) + jitad.hypot(b, 3.0)
+        lambda a, b: (
+            jitad.atan2(a, b)
+            + jitad.atan2(a, 2.0) * jitad.atan2(-2.0, b)
+            + jitad.hypot(a, b)
+            + jitad.hypot(3.0, a)
+            + jitad.hypot(b, 3.0)
+        )
     ),
     "jitad maximum minimum": _same(
         lambda a, b: jitad.maximum(a, b) * jitad.minimum(a, b) + jitad.maximum(a, 1.0) + jitad.minimum(2.0, b)
     ),
     "jitad where": _same(
-        lambda a, b: jitad.where(jitad.greater(a, b), a, b * b)
-        + jitad.where(jitad.less(a, b), a * b, 2.0)
-        + jitad.where(jitad.less_equal(b, a), 1.0, jitad.sin(a))
-        + jitad.where(jitad.greater_equal(a, 0.5), jitad.exp(b), a)
-        + jitad.where(jitad.equal(a, b), 7.0, a)
-        + jitad.where(jitad.not_equal(a, 0.6), 7.0, b)
+        lambda a, b: (
+            jitad.where(jitad.greater(a, b), a, b * b)
+            + jitad.where(jitad.less(a, b), a * b, 2.0)
+            + jitad.where(jitad.less_equal(b, a), 1.0, jitad.sin(a))
+            + jitad.where(jitad.greater_equal(a, 0.5), jitad.exp(b), a)
+            + jitad.where(jitad.equal(a, b), 7.0, a)
+            + jitad.where(jitad.not_equal(a, 0.6), 7.0, b)
+        )
     ),
     # NumPy ufuncs on Values
     "numpy unary": _same(
-        lambda a, b: np.sin(a) + np.cos(b) * np.tan(a) + np.exp(a) - np.log(b) + np.log1p(a) * np.expm1(a)
-        + np.sqrt(b) + np.sinh(a) - np.cosh(a) * np.tanh(b) + np.arcsin(a) + np.arccos(a) * np.arctan(b)
-        + np.absolute(a - b) + np.negative(a) + np.positive(b) + np.square(a)
+        lambda a, b: (
+            np.sin(a)
+            + np.cos(b) * np.tan(a)
+            + np.exp(a)
+            - np.log(b)
+            + np.log1p(a) * np.expm1(a)
+            + np.sqrt(b)
+            + np.sinh(a)
+            - np.cosh(a) * np.tanh(b)
+            + np.arcsin(a)
+            + np.arccos(a) * np.arctan(b)
+            + np.absolute(a - b)
+            + np.negative(a)
+            + np.positive(b)
+            + np.square(a)
+        )
     ),
     "numpy binary": _same(
-        lambda a, b: np.add(a, b) * np.subtract(a, 2.0) + np.multiply(2.0, a) + np.true_divide(a, b)
-        + np.divide(1.0, b) + np.power(a, b) + np.power(a, 3) + np.power(2.0, a) + np.arctan2(a, b)
-        + np.hypot(a, b) + np.maximum(a, b) + np.minimum(a, 1.0) + np.fmax(a, b) * np.fmin(b, 2.0)
+        lambda a, b: (
+            np.add(a, b) * np.subtract(a, 2.0)
+            + np.multiply(2.0, a)
+            + np.true_divide(a, b)
+            + np.divide(1.0, b)
+            + np.power(a, b)
+            + np.power(a, 3)
+            + np.power(2.0, a)
+            + np.arctan2(a, b)
+            + np.hypot(a, b)
+            + np.maximum(a, b)
+            + np.minimum(a, 1.0)
+            + np.fmax(a, b) * np.fmin(b, 2.0)
+        )
     ),
     "numpy comparisons": _same(
         lambda a, b: a * b if np.less(a, b) and np.less_equal(a, b) and np.greater(b, a) else a + b
