@@ -206,6 +206,31 @@ def test_with_tape_scopes_recording_and_nests():
     assert len(inner) == 2
 
 
+def test_an_exception_in_a_with_block_restores_the_outer_tape():
+    outer = jitad.Tape()
+    with outer:
+        with pytest.raises(ZeroDivisionError):
+            with jitad.Tape():
+                1 / 0
+        x = Value(1.0)
+    assert x.tape is outer
+    assert len(outer) == 1
+
+
+def test_reset_of_an_outer_tape_while_an_inner_one_records():
+    outer = jitad.Tape()
+    with outer:
+        x = Value(1.0)
+        with jitad.Tape():
+            outer.reset()
+            Value(2.0)
+        z = Value(3.0)  # on the outer tape's new storage
+        assert len(outer) == 1
+        with pytest.raises(StaleValueError):
+            x + z
+        assert (z * 2).data == 6.0
+
+
 def test_reset_makes_old_values_stale(tape):
     x = Value(1.0)
     y = x * 2

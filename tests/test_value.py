@@ -561,6 +561,23 @@ def test_zero_adjoint_skips_infinite_partial(tape):
     np.testing.assert_array_equal(jitad.gradients(y2, [a, zero]), [1.0, 0.0])
 
 
+def test_where_blocks_an_infinite_partial_in_the_branch_not_taken(tape):
+    x = Value(0.0)
+    y = jitad.where(jitad.greater(x, 0), jitad.sqrt(x), x)  # sqrt'(0) = inf, not chosen
+    assert jitad.gradients(y, x) == 1.0
+    y = jitad.where(jitad.greater(x, 0), jitad.log(x), 2 * x)  # log(0) = -inf, not chosen
+    assert y.data == 0.0
+    assert jitad.gradients(y, x) == 2.0
+
+
+def test_overflow_gives_inf(tape):
+    assert (Value(1e200) ** 2).data == math.inf
+    assert (2 ** Value(5000.0)).data == math.inf
+    assert (Value(2.0) ** Value(5000.0)).data == math.inf
+    assert jitad.sinh(Value(-1000.0)).data == -math.inf
+    assert jitad.expm1(Value(1000.0)).data == math.inf
+
+
 def test_maximum_minimum_tie_splits(tape):
     a = Value(2.0)
     b = Value(2.0)
