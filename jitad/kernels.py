@@ -177,7 +177,8 @@ def gradient(a, b, da, db, adj, inputs, out, grad):
     adj[out] = 1.0
     backward(a, b, da, db, adj, out)
     for k in range(inputs.shape[0]):
-        grad[k] = adj[inputs[k]]
+        # An input recorded after the output cannot influence it (and adj is stale there).
+        grad[k] = adj[inputs[k]] if inputs[k] <= out else 0.0
 
 
 @kernel
@@ -213,13 +214,14 @@ def hessian_vector(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs, out, v, 
     """hv = H v for the Hessian of entry ``out`` w.r.t. the inputs (after a replay)."""
     dot[: out + 1] = 0.0
     for k in range(inputs.shape[0]):
-        dot[inputs[k]] = v[k]
+        if inputs[k] <= out:
+            dot[inputs[k]] = v[k]
     adj[: out + 1] = 0.0
     adj_dot[: out + 1] = 0.0
     adj[out] = 1.0
     hvp_sweep(op, a, b, c, val, da, db, adj, dot, adj_dot, out)
     for k in range(inputs.shape[0]):
-        hv[k] = adj_dot[inputs[k]]
+        hv[k] = adj_dot[inputs[k]] if inputs[k] <= out else 0.0
 
 
 @kernel
@@ -319,4 +321,4 @@ def batch(op, a, b, c, value, inputs, params, outputs, X, P, block, want_grad, v
             backward_lanes(a, b, DA, DB, ADJ, out)
             for l in range(L):
                 for k in range(inputs.shape[0]):
-                    grads[lo + l, k] = ADJ[inputs[k], l]
+                    grads[lo + l, k] = ADJ[inputs[k], l] if inputs[k] <= out else 0.0
