@@ -65,10 +65,7 @@ class Program:
 def _as_vector(x, n, what="x"):
     if type(x) is np.ndarray and x.dtype == np.float64 and x.shape == (n,):
         return x
-    try:
-        v = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{what} must be an array of real numbers: {e}") from None
+    v = _real_array(x, what)
     if v.ndim != 1 or (n is not None and v.shape[0] != n):
         expect = f"({n},)" if n is not None else "1-D"
         raise ValueError(f"{what} must have shape {expect}, got {v.shape}")
@@ -99,7 +96,7 @@ def _real_array(arg, what):
         raise TypeError(f"{what} must be a number or an array of real numbers: {e}") from None
     if p.dtype.kind not in "biuf":
         raise TypeError(f"{what} must hold real numbers, got dtype {p.dtype}")
-    return p.astype(np.float64)
+    return p.astype(np.float64, copy=False)
 
 
 _NO_PARAMS = np.empty(0)
