@@ -17,7 +17,7 @@ VERSION = 1
 # The tape's columns and index arrays with their exact dtypes: nothing is cast on load.
 COLUMNS = {"op": np.uint8, "a": np.int32, "b": np.int32, "const": np.float64, "value": np.float64}
 INDICES = {"inputs": np.int32, "params": np.int32, "outputs": np.int32, "guards": np.int32}
-_META_KEYS = {"format", "version", "scalar", "retrace", "param_shapes", "sites"}
+_META_KEYS = {"format", "version", "scalar", "retrace", "param_shapes", "sites", "lines"}
 _ARITY = np.array([op.arity for op in ops.OPS], dtype=np.int8)
 _IS_COMPARISON = np.isin(np.arange(len(ops.OPS)), sorted(ops.COMPARISONS))
 
@@ -77,7 +77,8 @@ def to_arrays(F):
     """``F``'s current tape as a dict of NumPy arrays (copies), the format of ``save``:
     the columns ``op a b const value``, the index arrays ``inputs params outputs guards``
     and ``meta``, UTF-8 JSON bytes holding the format version, parameter shapes, whether
-    the output is one Value, the retrace mode and the source lines of the guards."""
+    the output is one Value, the retrace mode, and the source lines of the guards (and of
+    every entry, when traced under ``jitad.debug_nans``)."""
     p = F.tape
     meta = {
         "format": FORMAT,
@@ -86,6 +87,7 @@ def to_arrays(F):
         "retrace": F._retrace,
         "param_shapes": [[int(d) for d in shape] for shape in p.param_shapes],
         "sites": {str(int(k)): str(v) for k, v in p.sites.items()},
+        "lines": {str(int(k)): str(v) for k, v in getattr(p, "lines", {}).items()},
     }
     arrays = {"meta": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8).copy()}
     arrays["op"] = p.op.copy()
@@ -111,7 +113,6 @@ def from_arrays(arrays, _origin=_FROM_ARRAYS):
     col = {name: _array(arrays[name], name, dtype) for name, dtype in {**COLUMNS, **INDICES}.items()}
     _check_tape(col)
     param_shapes = _check_meta(meta, col)
-    sites = {int(k): v for k, v in meta["sites"].items()}
     program = Program(
         op=col["op"],
         a=col["a"],
@@ -122,7 +123,8 @@ def from_arrays(arrays, _origin=_FROM_ARRAYS):
         params=col["params"],
         outputs=col["outputs"],
         param_shapes=param_shapes,
-        sites=sites,
+        sites={int(k): v for k, v in meta["sites"].items()},
+        lines={int(k): v for k, v in meta["lines"].items()},
     )
     F = TapeFunction(None, program, meta["scalar"], retrace=meta["retrace"])
     F._no_function = _origin  # why a branch change cannot re-record (see TapeFunction._run)
@@ -213,7 +215,9 @@ def _check_tape(col):
     is_guard = op == ops.GUARD
     guarded = np.where(is_guard, a, 0)  # a >= 0 for every unary op by now
     _refuse(is_guard & ~_IS_COMPARISON[op[guarded]], "a guard's operand a = {a} must be a comparison entry", op, a=a)
-    _refuse(is_guard & (const != 0.0) & (const != 1.0), "a guard's recorded outcome must be 0 or 1, got {c}", op, c=const)
+    _refuse(
+        is_guard & (const != 0.0) & (const != 1.0), "a guard's recorded outcome must be 0 or 1, got {c}", op, c=const
+    )
 
     inputs, params, outputs, guards = col["inputs"], col["params"], col["outputs"], col["guards"]
     _refuse_index(inputs, "inputs", n)
@@ -253,7 +257,7 @@ def _refuse_index(idx, name, n):
 
 
 def _check_meta(meta, col):
-    """The parameter shapes as tuples, checked against the params; sites checked too."""
+    """The parameter shapes as tuples, checked against the params; source lines checked too."""
     shapes = meta["param_shapes"]
     if not isinstance(shapes, list) or not all(
         isinstance(s, list) and all(type(d) is int and 0 <= d < 2**62 for d in s) for s in shapes
@@ -264,14 +268,19 @@ def _check_meta(meta, col):
         raise InvalidTape(f"meta 'param_shapes' describe {count} parameter values, the tape has {col['params'].size}")
     if meta["scalar"] and col["outputs"].size != 1:
         raise InvalidTape(f"a scalar function has one output, this tape lists {col['outputs'].size}")
-    sites = meta["sites"]
-    if not isinstance(sites, dict):
-        raise InvalidTape("meta 'sites' must be an object mapping guard entries to source lines")
-    guards = {str(g) for g in col["guards"].tolist()}
-    for k, v in sites.items():
-        if k not in guards or not isinstance(v, str):
-            raise InvalidTape(f"meta 'sites' must map guard entries to source lines, got {k!r}: {v!r:.100}")
+    _check_lines(meta["sites"], "sites", "guard entries", {str(g) for g in col["guards"].tolist()})
+    _check_lines(meta["lines"], "lines", "tape entries", None, col["op"].size)
     return tuple(tuple(s) for s in shapes)
+
+
+def _check_lines(lines, key, what, entries, n=None):
+    """``lines`` must map entries (decimal strings; ``entries`` or 0 to n - 1) to text."""
+    if not isinstance(lines, dict):
+        raise InvalidTape(f"meta {key!r} must be an object mapping {what} to source lines")
+    for k, v in lines.items():
+        ok = k in entries if entries is not None else k.isascii() and k.isdigit() and len(k) < 12 and int(k) < n
+        if not ok or not isinstance(v, str):
+            raise InvalidTape(f"meta {key!r} must map {what} to source lines, got {k!r}: {v!r:.100}")
 
 
 # --- pickling with the Python function ---------------------------------------------------
