@@ -244,6 +244,8 @@ class Value:
     cosh = _unary(_C["cosh"])
     log1p = _unary(_C["log1p"])
     expm1 = _unary(_C["expm1"])
+    arctan2 = _binary(_C["atan2"])
+    hypot = _binary(_C["hypot"])
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         fn = _UFUNCS.get(ufunc.__name__)
@@ -253,7 +255,8 @@ class Value:
             # Elementwise over arrays: NumPy's object loop calls Value's operators.
             boxed = [np.asarray(v, dtype=object) if isinstance(v, Value) else v for v in inputs]
             return ufunc(*(np.asarray(v).astype(object) for v in boxed))
-        return fn(*(v.item() if isinstance(v, np.ndarray) else v for v in inputs))
+        # NumPy scalars become Python floats, or np.float64(2) * v would come back here.
+        return fn(*(v.item() if isinstance(v, (np.ndarray, np.generic)) else v for v in inputs))
 
 
 def _comparison(code, swap):
@@ -328,6 +331,8 @@ def gradients(y, wrt):
     ``.grad`` is not touched. ``wrt`` may be one Value (returns a 0-d array), a sequence
     or an array of Values (returns an array of the same shape).
     """
+    if not isinstance(y, Value):
+        raise TypeError(f"gradients: y must be a Value, got {type(y).__name__}")
     w = np.asarray(wrt, dtype=object)
     flat = w.ravel()
     for v in flat:
@@ -358,9 +363,16 @@ def _function(code, doc):
         if any(isinstance(x, np.ndarray) and x.ndim > 0 for x in args):
             return np.vectorize(apply, otypes=[object])(*args)
         if isinstance(args[0], Value):
-            return method(*args)
-        if arity == 2 and isinstance(args[1], Value):
-            return rmethod(args[1], args[0])
+            out = method(*args)
+        elif arity == 2 and isinstance(args[1], Value):
+            out = rmethod(args[1], args[0])
+        else:
+            out = None
+        if out is NotImplemented:
+            bad = args[1] if isinstance(args[0], Value) else args[0]
+            raise TypeError(f"{name}() needs Values or real numbers, got {type(bad).__name__}")
+        if out is not None:
+            return out
         xs = [_constant(x) for x in args]
         if NotImplemented in xs:
             bad = next(x for x, c in zip(args, xs) if c is NotImplemented)
