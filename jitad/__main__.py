@@ -32,7 +32,9 @@ def seed_function():
         f.backward()
         print(f"   f = {f.data:.16g}, df/dx1 = {x1.grad:.16g}, df/dx2 = {x2.grad:.16g} (expected 1.6165488003791766)")
         ds = jitad.gradients(f, [s])[0]
-        print(f"   df/ds for the intermediate s = sin(x2) + 1: {ds:.16g} (analytic 1/(x2 + e^x1) = {1 / (0.5 + np.exp(1.5)):.16g})")
+        print(
+            f"   df/ds for the intermediate s = sin(x2) + 1: {ds:.16g} (analytic 1/(x2 + e^x1) = {1 / (0.5 + np.exp(1.5)):.16g})"
+        )
         print(f"   the tape ({len(tape)} entries):")
         print("   " + tape.table().replace("\n", "\n   "))
 
@@ -53,7 +55,9 @@ def timed_rosenbrock(n=100_000):
         t2 = time.perf_counter()
         g = np.array([v.grad for v in x])
         ops = len(tape)
-    print(f"   eager: recorded {ops} entries in {t1 - t0:.3f} s ({(t1 - t0) / ops * 1e9:.0f} ns/entry), backward {(t2 - t1) * 1e3:.1f} ms")
+    print(
+        f"   eager: recorded {ops} entries in {t1 - t0:.3f} s ({(t1 - t0) / ops * 1e9:.0f} ns/entry), backward {(t2 - t1) * 1e3:.1f} ms"
+    )
     t0 = time.perf_counter()
     F = jitad.trace(rosenbrock, x0)
     t1 = time.perf_counter()

@@ -19,7 +19,9 @@ _OPTIONS = dict(nogil=True, fastmath=False, error_model="numpy")
 # compiled into every kernel: key the cache on the sources kernels are built from as well,
 # so an edited op can never run stale machine code.
 _HERE = Path(__file__).parent
-_SOURCES = hashlib.sha256(b"".join((_HERE / name).read_bytes() for name in ("ops.py", "kernels.py", "_config.py"))).hexdigest()
+_SOURCES = hashlib.sha256(
+    b"".join((_HERE / name).read_bytes() for name in ("ops.py", "kernels.py", "_config.py"))
+).hexdigest()
 
 
 class _Cache(FunctionCache):

@@ -8,7 +8,7 @@ drift. ``y`` is the second operand of a binary op; a unary op receives its const
 constant", which is how ``x + 2`` and ``2 ** x`` stay one entry each.
 
 Python's ``math`` raises where IEEE gives ``inf`` or ``nan`` (``math.log(0)``, ``1 / 0``);
-recording then calls the compiled formula, which follows IEEE (see ``value.py``).
+recording then runs the formula on NumPy scalars, which follow IEEE (see ``value.py``).
 """
 
 import math
@@ -235,7 +235,7 @@ def hypot(x, y):
 def relu(x, y):
     if x > 0.0:
         return x, 1.0, 0.0, 0.0, 0.0, 0.0
-    return x if x != x else 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    return x if math.isnan(x) else 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
 
 
 @_op("abs", 1)

@@ -304,7 +304,9 @@ class TapeFunction:
 
     def _scalar_output(self, what):
         if not self._scalar:
-            raise ValueError(f"{what} needs a function with one Value output; this one returns a sequence (use jacobian)")
+            raise ValueError(
+                f"{what} needs a function with one Value output; this one returns a sequence (use jacobian)"
+            )
 
     def value_and_grad(self, x, *args):
         """(f(x), ∇f(x)): one replay and one reverse sweep."""

@@ -2,26 +2,41 @@
 
 Each op evaluates its op-table formula in Python (``math`` is fastest on scalars); where
 Python raises instead of giving IEEE ``inf``/``nan`` (``math.log(0)``, ``1 / 0``), the
-same formula compiled by Numba gives the IEEE result.
+same formula runs again on NumPy scalars, which give the IEEE result.
 """
 
 import sys
+import types
 import warnings
 
 import numpy as np
 
 from . import debug, kernels, ops
-from ._config import inline
 from .tape import MAX_ENTRIES, PACK, StaleValueError, _state
 
-_IEEE = {}  # opcode -> the compiled formula, compiled on first need
+# The same formulas with NumPy's scalar math, which follows IEEE where Python's raises.
+_NUMPY_MATH = types.SimpleNamespace(
+    **{
+        name: getattr(np, name)
+        for name in ("exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tan", "sinh", "cosh", "tanh", "hypot")
+    },
+    asin=np.arcsin,
+    acos=np.arccos,
+    atan=np.arctan,
+    atan2=np.arctan2,
+    pow=np.power,
+)
+_IEEE = {}  # opcode -> its formula reading NumPy's math
 
 
 def _ieee(code, x, y):
+    """Op ``code`` on (x, y) with IEEE results (inf, nan) where Python's math would raise."""
     f = _IEEE.get(code)
     if f is None:
-        f = _IEEE[code] = inline(ops.OPS[code].formula)
-    return f(x, y)
+        formula = ops.OPS[code].formula
+        f = _IEEE[code] = types.FunctionType(formula.__code__, {**formula.__globals__, "math": _NUMPY_MATH})
+    with np.errstate(all="ignore"):
+        return tuple(float(r) for r in f(np.float64(x), np.float64(y)))
 
 
 class UnguardedConversionWarning(UserWarning):
@@ -40,7 +55,9 @@ def _record(t, code, x, y, a, b, c, formula=None):
     except BufferError:
         raise RuntimeError("cannot record while a view of the tape's entries is alive") from None
     except MemoryError:
-        raise MemoryError(f"out of memory recording entry {i} of a tape ({i * 48 / 2**30:.2f} GiB of entries)") from None
+        raise MemoryError(
+            f"out of memory recording entry {i} of a tape ({i * 48 / 2**30:.2f} GiB of entries)"
+        ) from None
     t.n = i + 1
     if t.lines is not None:
         debug.check_entry(t, i, code, x, y, v)
