@@ -16,7 +16,7 @@ from . import io
 from .trace import _real_array
 from .transforms import hessian, hvp, value_and_grad
 
-__all__ = ["batch", "grad_batch", "value_and_grad_batch", "minimize_many"]
+__all__ = ["batch", "grad_batch", "minimize_many", "value_and_grad_batch"]
 
 
 def batch(F, X, *args):

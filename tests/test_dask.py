@@ -152,7 +152,7 @@ def test_cluster_rerecords_closures_and_lambdas(client):
     def closure(x):
         return scale * x[0] * x[1] if x[0] > 0 else x[1] - x[0]
 
-    lam = lambda x: jitad.where(x[0] > 0, x[0] ** 2, -x[0]) * x[1]  # noqa: E731
+    lam = lambda x: jitad.where(x[0] > 0, x[0] ** 2, -x[0]) * x[1]
     for f in (closure, lam):
         F = jitad.trace(f, np.ones(2))
         want = jitad.trace(f, np.ones(2)).grad_batch(X[:, :2])
