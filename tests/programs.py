@@ -12,13 +12,26 @@ close the point came to a kink (relu, abs, maximum, where) for finite-difference
 """
 
 import math
-from typing import Callable, NamedTuple
+import os
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 import jitad
 from jitad import ops
+
+
+def property_settings(max_examples):
+    """Bounded Hypothesis settings; ``JITAD_EXAMPLES_SCALE=10`` runs ten times as many."""
+    scale = float(os.environ.get("JITAD_EXAMPLES_SCALE", "1"))
+    return settings(
+        max_examples=max(1, int(max_examples * scale)),
+        deadline=None,
+        suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
+    )
 
 
 class Ref:
@@ -266,16 +279,19 @@ def nodes(draw, n_inputs, size, specs=tuple(SPECS)):
 
 
 @st.composite
-def programs(draw, n_inputs=st.integers(1, 4), size=st.integers(1, 12), n_outputs=None, specs=tuple(SPECS)):
-    """A ScalarProgram; ``n_outputs`` (a strategy of ints given n) makes it vector-valued."""
-    n = draw(n_inputs)
-    body = draw(nodes(n, draw(size), specs))
+def programs(draw, n_inputs=None, size=None, n_outputs=None, specs=tuple(SPECS)):
+    """A ScalarProgram of 1-4 inputs and 1-12 nodes (or as the strategies ``n_inputs`` and
+    ``size`` draw); ``n_outputs`` (n -> a strategy of ints) makes it vector-valued."""
+    n = draw(n_inputs or st.integers(1, 4))
+    body = draw(nodes(n, draw(size or st.integers(1, 12)), specs))
     outputs = None
     if n_outputs is not None:
         m = draw(n_outputs(n))
         total = n + len(body)
         # Mostly later nodes (they depend on more), sometimes an input or a repeat.
-        outputs = [draw(st.one_of(st.integers(max(0, total - 4), total - 1), st.integers(0, total - 1))) for _ in range(m)]
+        outputs = [
+            draw(st.one_of(st.integers(max(0, total - 4), total - 1), st.integers(0, total - 1))) for _ in range(m)
+        ]
     return ScalarProgram(n, body, outputs)
 
 

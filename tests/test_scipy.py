@@ -85,8 +85,10 @@ def test_jac_true_with_parameters_through_args():
     def loss(w, X, y):
         # Logistic regression; X and y are parameters (data), w the variables.
         z = X @ w
-        return np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * (w @ w) if z.dtype != object else (
-            sum(jitad.softplus(zi) - yi * zi for zi, yi in zip(z, y)) + 0.5 * (w @ w)
+        return (
+            np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * (w @ w)
+            if z.dtype != object
+            else (sum(jitad.softplus(zi) - yi * zi for zi, yi in zip(z, y)) + 0.5 * (w @ w))
         )
 
     rng = np.random.default_rng(1)

@@ -7,11 +7,11 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
+from programs import assert_close, points, programs, property_settings, well_conditioned
 
 import jitad
-from programs import assert_close, points, programs, well_conditioned
 
 
 class Counted:
@@ -56,16 +56,14 @@ def test_jacobian_transform_both_shapes():
         return np.array([x[0] * x[1], x[0] ** 2, jitad.cos(x[1])], dtype=object)
 
     x = np.array([0.5, -1.0, 2.0])
-    np.testing.assert_allclose(
-        jitad.jacobian(wide)(x), [[x[1], x[0], 0.0], [0.0, 1.0, math.cos(x[2])]], rtol=1e-15
-    )
+    np.testing.assert_allclose(jitad.jacobian(wide)(x), [[x[1], x[0], 0.0], [0.0, 1.0, math.cos(x[2])]], rtol=1e-15)
     x = np.array([0.5, -1.0])
     np.testing.assert_allclose(
         jitad.jacobian(tall)(x), [[x[1], x[0]], [2 * x[0], 0.0], [0.0, -math.sin(x[1])]], rtol=1e-15
     )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@property_settings(40)
 @given(st.data())
 def test_transforms_agree_with_the_tape_function(data):
     prog = data.draw(programs())
