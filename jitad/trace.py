@@ -10,6 +10,7 @@ import numba
 import numpy as np
 
 from . import debug, kernels, ops
+from .optimize import optimize as _optimize
 from .tape import Tape
 from .value import StaleValueError, Value
 
@@ -203,9 +204,12 @@ class TapeFunction:
     ``retrace="raise"`` raises ``BranchChanged``.
     """
 
-    def __init__(self, f, program, scalar, retrace="auto"):
+    def __init__(self, f, program, scalar, retrace="auto", optimize=False):
         if retrace not in ("auto", "raise"):
             raise ValueError(f"retrace must be 'auto' or 'raise', got {retrace!r}")
+        self._optimize = bool(optimize)
+        if self._optimize:
+            program = _optimize(program)
         self._f = f
         self._scalar = scalar
         self._retrace = retrace
@@ -284,17 +288,14 @@ class TapeFunction:
                 f"it is not at x = {np.array2string(x, threshold=6)}. Not re-recorded because {why}."
             )
         program, _ = record(self._f, x, args)
-        w = _Work(program)  # recorded values and partials: already this point's
-        cache = getattr(self._local, "work", None)
-        if cache is None:
-            cache = self._local.work = {}
-        cache[id(program)] = (program, w)
+        kept = _optimize(program) if self._optimize else program
         with self._lock:
             self.retraces += 1
-            self._programs[id(program)] = program
+            self._programs[id(kept)] = kept
             while len(self._programs) > MAX_BRANCHES:
                 self._programs.popitem(last=False)
-        return program, w
+        # The recording holds this point's values and partials: no replay needed now.
+        return program, _Work(program)
 
     # public evaluation -----------------------------------------------------------------
     def __call__(self, x, *args):
@@ -476,12 +477,14 @@ def _block_size(block, n_entries, K):
     return int(min(64, fit, share))
 
 
-def trace(f, x0, *args, retrace="auto"):
+def trace(f, x0, *args, retrace="auto", optimize=False):
     """Record ``f(x, *args)`` at ``x0`` and return a ``TapeFunction`` that replays it.
 
     ``f`` receives ``x`` as a 1-D object array of Values and returns a Value or a sequence of
     Values. ``args`` (numbers or arrays) become parameters: they can change between calls
-    without re-recording and get no derivative.
+    without re-recording and get no derivative. ``optimize=True`` folds constants, shares
+    common subexpressions and drops unused entries before replaying (worth it for tapes
+    with repeated work and many replays; see benchmarks/RESULTS.md).
     """
     program, scalar = record(f, x0, args)
-    return TapeFunction(f, program, scalar, retrace=retrace)
+    return TapeFunction(f, program, scalar, retrace=retrace, optimize=optimize)
