@@ -282,8 +282,8 @@ def nodes(draw, n_inputs, size, specs=tuple(SPECS)):
 def programs(draw, n_inputs=None, size=None, n_outputs=None, specs=tuple(SPECS)):
     """A ScalarProgram of 1-4 inputs and 1-12 nodes (or as the strategies ``n_inputs`` and
     ``size`` draw); ``n_outputs`` (n -> a strategy of ints) makes it vector-valued."""
-    n = draw(n_inputs or st.integers(1, 4))
-    body = draw(nodes(n, draw(size or st.integers(1, 12)), specs))
+    n = draw(st.integers(1, 4) if n_inputs is None else n_inputs)
+    body = draw(nodes(n, draw(st.integers(1, 12) if size is None else size), specs))
     outputs = None
     if n_outputs is not None:
         m = draw(n_outputs(n))
