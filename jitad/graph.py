@@ -75,7 +75,9 @@ def to_dot(y, max_nodes=200, labels=None):
         lines.append(f'  n{i} [shape=record, label="{label}"{style}];')
         if ops.OPS[code].arity == 0:
             continue
-        lines.append(f'  op{i} [shape=ellipse, label="{_escape(_op_label(code, r))}", fontsize=10, margin="0.04,0.02"];')
+        lines.append(
+            f'  op{i} [shape=ellipse, label="{_escape(_op_label(code, r))}", fontsize=10, margin="0.04,0.02"];'
+        )
         lines.append(f"  op{i} -> n{i};")
         operands = [int(r["a"])] if ops.OPS[code].arity == 1 else [int(r["a"]), int(r["b"])]
         named = len(operands) == 2 and min(operands) >= 0 and code not in _COMMUTATIVE
@@ -163,6 +165,6 @@ def _escape(s):
 
 
 def _escape_record(s):
-    for ch in "\\{}|<>\"":
+    for ch in '\\{}|<>"':
         s = s.replace(ch, "\\" + ch)
     return s

@@ -58,6 +58,13 @@ evaluate_lanes = _generate_evaluate_lanes()
 FIRST_COMPUTED = ops.PARAM + 1  # opcodes below this are sources, written, not computed
 
 
+@inline
+def _product(partial, weight):
+    # A zero on either side contributes nothing, even against an infinite or NaN other
+    # side: 0 * inf must not turn a finite derivative into NaN.
+    return partial * weight if weight != 0.0 and partial != 0.0 else 0.0
+
+
 @kernel
 def forward(op, a, b, c, val, da, db, start, stop):
     """Evaluate entries [start, stop) into val, da, db; return the first failed guard or -1.
@@ -95,10 +102,10 @@ def backward(a, b, da, db, adj, last):
             continue
         ia = a[i]
         if ia >= 0:
-            adj[ia] += da[i] * g
+            adj[ia] += _product(da[i], g)
         ib = b[i]
         if ib >= 0:
-            adj[ib] += db[i] * g
+            adj[ib] += _product(db[i], g)
 
 
 @kernel
@@ -109,13 +116,9 @@ def tangent(a, b, da, db, dot, start, stop):
         ib = b[i]
         s = 0.0
         if ia >= 0:
-            d = dot[ia]
-            if d != 0.0:
-                s += da[i] * d
+            s += _product(da[i], dot[ia])
         if ib >= 0:
-            d = dot[ib]
-            if d != 0.0:
-                s += db[i] * d
+            s += _product(db[i], dot[ib])
         if ia >= 0 or ib >= 0:
             dot[i] = s
 
@@ -149,12 +152,6 @@ def hvp_sweep(op, a, b, c, val, da, db, adj, dot, adj_dot, last):
         if ib >= 0:
             adj[ib] += _product(db[i], g)
             adj_dot[ib] += _product(db[i], gd) + _product(dxy, xd * g) + _product(dyy, yd * g)
-
-
-@inline
-def _product(partial, weight):
-    # A zero weight contributes nothing, even against an infinite partial.
-    return partial * weight if weight != 0.0 else 0.0
 
 
 # --- one call per replay: composites of the sweeps above, to pay Numba's call cost once ---
@@ -274,14 +271,12 @@ def backward_lanes(a, b, DA, DB, ADJ, last):
             d = DA[i]
             t = ADJ[ia]
             for l in range(L):
-                if g[l] != 0.0:
-                    t[l] += d[l] * g[l]
+                t[l] += _product(d[l], g[l])
         if ib >= 0:
             d = DB[i]
             t = ADJ[ib]
             for l in range(L):
-                if g[l] != 0.0:
-                    t[l] += d[l] * g[l]
+                t[l] += _product(d[l], g[l])
 
 
 @kernel(parallel=True)

@@ -36,6 +36,7 @@ class Program:
         self.inputs = inputs
         self.params = params
         self.outputs = outputs
+        self.out = int(outputs[0])  # the output that gradients and Hessians differentiate
         self.param_shapes = param_shapes
         self.sites = sites or {}  # guard entry -> the Python line that made the comparison
         self.lines = lines or {}  # entry -> the Python line that recorded it (debug mode only)
@@ -216,6 +217,7 @@ class TapeFunction:
         self._n = program.inputs.size
         self._param_shapes = program.param_shapes
         self._programs = OrderedDict([(id(program), program)])
+        self._last = program  # the tape the last call used: tried first
         self._lock = threading.Lock()
         self._local = threading.local()
         self.retraces = 0  # how many times f was recorded again after a branch change
@@ -243,8 +245,10 @@ class TapeFunction:
 
     # the replay loop -------------------------------------------------------------------
     def _work(self, program):
-        cache = getattr(self._local, "work", None)
-        if cache is None:
+        """This thread's scratch columns for ``program``."""
+        try:
+            cache = self._local.work
+        except AttributeError:
             cache = self._local.work = {}
         w = cache.get(id(program))
         if w is None or w[0] is not program:
@@ -271,6 +275,7 @@ class TapeFunction:
                     with self._lock:
                         if id(program) in self._programs:
                             self._programs.move_to_end(id(program))
+                self._last = program
                 return program, w
             failures.append((program, failed))
         return self._retrace_at(x, args, *failures[0])
@@ -292,6 +297,7 @@ class TapeFunction:
         with self._lock:
             self.retraces += 1
             self._programs[id(kept)] = kept
+            self._last = kept
             while len(self._programs) > MAX_BRANCHES:
                 self._programs.popitem(last=False)
         # The recording holds this point's values and partials: no replay needed now.
@@ -312,10 +318,21 @@ class TapeFunction:
     def value_and_grad(self, x, *args):
         """(f(x), ∇f(x)): one replay and one reverse sweep."""
         self._scalar_output("value_and_grad")
-        program, w = self._run(x, args)
-        out = int(program.outputs[0])
+        x = _as_vector(x, self._n)
         grad = np.empty(self._n)
-        kernels.gradient(program.a, program.b, w.da, w.db, w.adj, program.inputs, out, grad)
+        # Fast path: the last branch's tape, replay and sweep in one compiled call (Numba's
+        # per-call cost dominates small tapes).
+        program = self._last
+        w = self._work(program)
+        out = program.out
+        failed = kernels.replay_value_and_grad(
+            program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj,
+            program.inputs, program.params, out, x, _flatten_params(args, self._param_shapes), grad,
+        )  # fmt: skip
+        if failed >= 0 or debug.enabled():
+            program, w = self._run(x, args)
+            out = program.out
+            kernels.gradient(program.a, program.b, w.da, w.db, w.adj, program.inputs, out, grad)
         return float(w.val[out]), grad
 
     def grad(self, x, *args):
@@ -395,7 +412,7 @@ class TapeFunction:
                 if _replay_fails_at_own_point(program, w, X[k], point_args):
                     values[k] = w.val[program.outputs]
                     if want_grad:
-                        out = int(program.outputs[0])
+                        out = program.out
                         kernels.gradient(program.a, program.b, w.da, w.db, w.adj, program.inputs, out, grads[k])
                     pending = pending[1:]
                     continue
@@ -434,7 +451,7 @@ class TapeFunction:
         hv = np.empty(self._n)
         kernels.hessian_vector(
             program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj, w.dot, w.adj_dot,
-            program.inputs, int(program.outputs[0]), v, hv,
+            program.inputs, program.out, v, hv,
         )  # fmt: skip
         return hv
 
@@ -444,7 +461,7 @@ class TapeFunction:
         h = np.empty((self._n, self._n))
         kernels.hessian(
             program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj, w.dot, w.adj_dot,
-            program.inputs, int(program.outputs[0]), h,
+            program.inputs, program.out, h,
         )  # fmt: skip
         return 0.5 * (h + h.T)
 
