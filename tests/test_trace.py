@@ -820,3 +820,46 @@ def test_jacobian_with_an_input_as_an_early_output():
     np.testing.assert_array_equal(F.jacobian(np.zeros(3)), [[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]])
     G = jitad.trace(lambda x: [x[1], x[0]], np.zeros(2))
     np.testing.assert_array_equal(G.jacobian(np.zeros(2)), [[0.0, 1.0], [1.0, 0.0]])
+
+
+def test_guard_made_by_builtin_max_names_the_calling_line():
+    def f(x):
+        return max(x[0], x[1]) * 2.0  # builtin max compares Values
+
+    F = jitad.trace(f, np.array([1.0, 2.0]), retrace="raise")
+    assert F.tape.guards.size == 1
+    with pytest.raises(jitad.BranchChanged) as info:
+        F(np.array([3.0, 2.0]))
+    assert lineno_of(f, "builtin max compares") in str(info.value)
+    G = jitad.trace(f, np.array([1.0, 2.0]))
+    np.testing.assert_array_equal(G.grad(np.array([3.0, 2.0])), [2.0, 0.0])
+    np.testing.assert_array_equal(G.grad(np.array([1.0, 2.0])), [0.0, 2.0])
+    assert G.retraces == 1
+
+
+def test_tuple_and_array_outputs():
+    F = jitad.trace(lambda x: (x[0] * x[1], x[1]), np.ones(2))
+    np.testing.assert_array_equal(F(np.array([2.0, 3.0])), [6.0, 3.0])
+    G = jitad.trace(lambda x: np.outer(x, x), np.ones(2))  # a 2-D object array: flattened
+    np.testing.assert_array_equal(G(np.array([2.0, 3.0])), [4.0, 6.0, 6.0, 9.0])
+    np.testing.assert_array_equal(G.jacobian(np.array([2.0, 3.0])), [[4.0, 0.0], [3.0, 2.0], [3.0, 2.0], [0.0, 6.0]])
+
+
+def test_long_chain_replays_without_recursion():
+    n = 50_000
+
+    def f(x):
+        y = x[0]
+        for _ in range(n):
+            y = y * 0.99999 + 1e-5 * x[1]
+        return y * y
+
+    F = jitad.trace(f, np.array([1.0, 1.0]))
+    assert len(F.tape) > n
+    a = 0.99999**n
+    b = 1e-5 * (1 - a) / (1 - 0.99999)
+    x = np.array([2.0, -1.0])
+    y = a * x[0] + b * x[1]
+    np.testing.assert_allclose(F(x), y * y, rtol=1e-9)
+    np.testing.assert_allclose(F.grad(x), [2 * y * a, 2 * y * b], rtol=1e-9)
+    np.testing.assert_allclose(F.hvp(x, np.array([1.0, 0.0])), [2 * a * a, 2 * a * b], rtol=1e-9)
