@@ -672,6 +672,10 @@ def test_output_is_an_input():
     G = jitad.trace(lambda x: x, np.array([1.0, 2.0]))  # vector output: the inputs themselves
     np.testing.assert_array_equal(G(np.array([3.0, 4.0])), [3.0, 4.0])
     np.testing.assert_array_equal(G.jacobian(np.array([3.0, 4.0])), np.eye(2))
+    H = jitad.trace(lambda x: x[0], np.ones(3))  # an output recorded before other inputs
+    np.testing.assert_array_equal(H.grad(np.array([3.0, 4.0, 5.0])), [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(H.hessian(np.array([3.0, 4.0, 5.0])), np.zeros((3, 3)))
+    np.testing.assert_array_equal(H.hvp(np.array([3.0, 4.0, 5.0]), np.ones(3)), np.zeros(3))
 
 
 def test_scalar_only_methods_refuse_vector_outputs():
