@@ -213,8 +213,13 @@ class ScalarProgram:
     def __init__(self, n_inputs, nodes, outputs=None):
         self.n_inputs = n_inputs
         self.nodes = tuple(nodes)
-        self.outputs = outputs  # None: the last node, a scalar function; else node indices
+        self.outputs = outputs  # None: a scalar function; else node indices
         self.__name__ = "random_program"
+        # The scalar output is the last node plus half of every other node no later node
+        # reads, so that no node is dead code whose replay goes unchecked.
+        used = {a for node in self.nodes for a in node.args if isinstance(a, int)}
+        last = n_inputs + len(self.nodes) - 1
+        self.sinks = [k for k in range(n_inputs, last) if k not in used]
 
     def run(self, M, x):
         """All node values (inputs first), evaluated with namespace M (jitad or a Ref)."""
@@ -230,7 +235,10 @@ class ScalarProgram:
 
     def select(self, vals):
         if self.outputs is None:
-            return vals[-1]
+            out = vals[-1]
+            for k in self.sinks:
+                out = out + 0.5 * vals[k]
+            return out
         return [vals[k] for k in self.outputs]
 
     def __call__(self, x):
@@ -251,6 +259,8 @@ class ScalarProgram:
             name = f"t{k}"
             names.append(name)
             lines.append(f"  {name} = {node.spec}[{node.squash}, c={node.c!r}]({args})")
+        if self.outputs is None:
+            lines.append("  output = " + " + 0.5 * ".join([names[-1]] + [names[k] for k in self.sinks]))
         return "\n".join(lines)
 
 
