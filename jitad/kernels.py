@@ -32,29 +32,6 @@ def _generate_evaluate():
 evaluate = _generate_evaluate()
 
 
-def _generate_evaluate_lanes():
-    # The same dispatch, once per entry for a block of points: each branch is a plain loop
-    # over lanes that LLVM can vectorize where the formula allows.
-    lines = ["def evaluate_lanes(op, x, y, v, dx, dy):"]
-    namespace = {}
-    for op in ops.OPS:
-        if op.formula is None:
-            continue
-        namespace[f"f{op.code}"] = inline(op.formula)
-        lines.append(
-            f"    if op == {op.code}:\n"
-            f"        for l in range(x.shape[0]):\n"
-            f"            r = f{op.code}(x[l], y[l])\n"
-            f"            v[l] = r[0]\n"
-            f"            dx[l] = r[1]\n"
-            f"            dy[l] = r[2]\n"
-            f"        return"
-        )
-    exec("\n".join(lines), namespace)
-    return inline(namespace["evaluate_lanes"])
-
-
-evaluate_lanes = _generate_evaluate_lanes()
 FIRST_COMPUTED = ops.PARAM + 1  # opcodes below this are sources, written, not computed
 
 
@@ -240,7 +217,6 @@ def forward_lanes(op, a, b, c, V, DA, DB, failed):
     """Evaluate the tape for the L points in the lanes of V (entries x L; sources filled by
     the caller); failed[l] is the first failed guard of lane l, or -1."""
     L = V.shape[1]
-    const = np.empty(L)
     failed[:] = -1
     for i in range(op.shape[0]):
         code = op[i]
@@ -248,11 +224,14 @@ def forward_lanes(op, a, b, c, V, DA, DB, failed):
             continue
         ia = a[i]
         ib = b[i]
-        if ia < 0 or ib < 0:
-            const[:] = c[i]
-        x = V[ia] if ia >= 0 else const
-        y = V[ib] if ib >= 0 else const
-        evaluate_lanes(code, x, y, V[i], DA[i], DB[i])
+        ci = c[i]
+        for l in range(L):
+            x = V[ia, l] if ia >= 0 else ci
+            y = V[ib, l] if ib >= 0 else ci
+            v, dx, dy, _, _, _ = evaluate(code, x, y)
+            V[i, l] = v
+            DA[i, l] = dx
+            DB[i, l] = dy
         if code == ops.GUARD:
             for l in range(L):
                 if V[i, l] == 0.0 and failed[l] < 0:
@@ -261,59 +240,80 @@ def forward_lanes(op, a, b, c, V, DA, DB, failed):
 
 @kernel
 def backward_lanes(a, b, DA, DB, ADJ, last):
-    """``backward`` for every lane: ADJ[operand] += partial * ADJ[i], zero adjoints skipped."""
+    """``backward`` for every lane: ADJ[operand] += partial * ADJ[i], zero products skipped."""
     L = ADJ.shape[1]
     for i in range(last, -1, -1):
         ia = a[i]
         ib = b[i]
-        g = ADJ[i]
         if ia >= 0:
-            d = DA[i]
-            t = ADJ[ia]
             for l in range(L):
-                t[l] += _product(d[l], g[l])
+                ADJ[ia, l] += _product(DA[i, l], ADJ[i, l])
         if ib >= 0:
-            d = DB[i]
-            t = ADJ[ib]
             for l in range(L):
-                t[l] += _product(d[l], g[l])
+                ADJ[ib, l] += _product(DB[i, l], ADJ[i, l])
+
+
+@kernel
+def batch_block(op, a, b, c, value, inputs, params, outputs, X, P, lo, want_grad, values, grads, failed, scratch):
+    """Points lo, lo + 1, ... (as many as ``scratch`` has lanes) of ``batch``; lanes past
+    the last point repeat it and are not written out."""
+    V, DA, DB, ADJ = scratch[0], scratch[1], scratch[2], scratch[3]
+    L = V.shape[1]
+    K = X.shape[0]
+    for i in range(op.shape[0]):
+        if op[i] < FIRST_COMPUTED:
+            V[i, :] = value[i]
+    for l in range(L):
+        point = min(lo + l, K - 1)
+        for k in range(inputs.shape[0]):
+            V[inputs[k], l] = X[point, k]
+        row = point if P.shape[0] > 1 else 0
+        for k in range(params.shape[0]):
+            V[params[k], l] = P[row, k]
+    lane_failed = np.empty(L, dtype=np.int64)
+    forward_lanes(op, a, b, c, V, DA, DB, lane_failed)
+    n = min(L, K - lo)
+    for l in range(n):
+        failed[lo + l] = lane_failed[l]
+        for j in range(outputs.shape[0]):
+            values[lo + l, j] = V[outputs[j], l]
+    if want_grad:
+        out = outputs[0]
+        ADJ[: out + 1, :] = 0.0
+        ADJ[out, :] = 1.0
+        backward_lanes(a, b, DA, DB, ADJ, out)
+        for l in range(n):
+            for k in range(inputs.shape[0]):
+                grads[lo + l, k] = ADJ[inputs[k], l] if inputs[k] <= out else 0.0
 
 
 @kernel(parallel=True)
-def batch(op, a, b, c, value, inputs, params, outputs, X, P, block, want_grad, values, grads, failed):
+def batch(op, a, b, c, value, inputs, params, outputs, X, P, block, workers, want_grad, values, grads, failed):
     """Evaluate K points X (K x n) with parameters P (K x p; one row when shared):
     values[k, j] of each output, grads[k] of output 0 when want_grad, failed[k] the first
-    failed guard of point k or -1. Blocks of ``block`` points run in parallel."""
+    failed guard of point k or -1. Each of ``workers`` threads takes every workers-th block
+    of ``block`` points, reusing one scratch allocation (fresh pages per block cost more
+    than the sweep)."""
     K = X.shape[0]
-    n_entries = op.shape[0]
     nblocks = (K + block - 1) // block
-    for blk in numba.prange(nblocks):
-        lo = blk * block
-        hi = min(lo + block, K)
-        L = hi - lo
-        V = np.empty((n_entries, L))
-        DA = np.empty((n_entries, L))
-        DB = np.empty((n_entries, L))
-        for i in range(n_entries):
-            if op[i] < FIRST_COMPUTED:
-                V[i, :] = value[i]
-        for l in range(L):
-            for k in range(inputs.shape[0]):
-                V[inputs[k], l] = X[lo + l, k]
-            row = lo + l if P.shape[0] > 1 else 0
-            for k in range(params.shape[0]):
-                V[params[k], l] = P[row, k]
-        lane_failed = np.empty(L, dtype=np.int64)
-        forward_lanes(op, a, b, c, V, DA, DB, lane_failed)
-        for l in range(L):
-            failed[lo + l] = lane_failed[l]
-            for j in range(outputs.shape[0]):
-                values[lo + l, j] = V[outputs[j], l]
-        if want_grad:
-            out = outputs[0]
-            ADJ = np.zeros((out + 1, L))
-            ADJ[out, :] = 1.0
-            backward_lanes(a, b, DA, DB, ADJ, out)
-            for l in range(L):
-                for k in range(inputs.shape[0]):
-                    grads[lo + l, k] = ADJ[inputs[k], l] if inputs[k] <= out else 0.0
+    for w in numba.prange(workers):
+        scratch = np.empty((4, op.shape[0], block))
+        for blk in range(w, nblocks, workers):
+            batch_block(
+                op,
+                a,
+                b,
+                c,
+                value,
+                inputs,
+                params,
+                outputs,
+                X,
+                P,
+                blk * block,
+                want_grad,
+                values,
+                grads,
+                failed,
+                scratch,
+            )
