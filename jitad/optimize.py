@@ -119,4 +119,3 @@ def optimize(program):
         sites=guard_sites,
         lines={int(remap[i]): s for i, s in program.lines.items() if live[alias[i]]},
     )
-
