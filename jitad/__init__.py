@@ -1,6 +1,8 @@
 """jitad: JIT-compiled, tape-based reverse-mode automatic differentiation."""
 
 from .debug import debug_nans
+from .graph import draw, to_dot
+from .io import InvalidTape, load
 from .tape import StaleValueError, Tape
 from .trace import BranchChanged, TapeFunction, trace
 from .transforms import grad, hessian, hvp, jacobian, value_and_grad
@@ -61,6 +63,10 @@ __all__ = [
     "atan2",
     "cos",
     "debug_nans",
+    "draw",
+    "load",
+    "to_dot",
+    "InvalidTape",
     "cosh",
     "equal",
     "exp",
