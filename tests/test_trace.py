@@ -214,6 +214,7 @@ def test_piecewise_regrades_on_both_sides():
     # Two branch signatures: recorded twice in all, flipping back and forth re-uses both.
     assert f.calls == 2
     assert F.tape.guards.size == 1
+    assert "2 branch(es)" in repr(F)
 
 
 def test_every_region_is_recorded_once():
@@ -240,6 +241,7 @@ def test_every_region_is_recorded_once():
             np.testing.assert_allclose(F.grad(x), grad(x), rtol=1e-15)
     assert g.calls == 4
     assert F.retraces == 3
+    assert "4 branch(es)" in repr(F)
 
 
 def test_data_dependent_trip_count():
