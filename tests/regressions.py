@@ -1,0 +1,32 @@
+"""Shrunk cases from the differential tests (test_differential.py), kept as explicit
+regression tests: each is a program and the points it is checked at."""
+
+from typing import NamedTuple
+
+from programs import Node, ScalarProgram
+
+
+class Case(NamedTuple):
+    name: str
+    program: ScalarProgram
+    x0: list  # recorded at
+    x1: list  # replayed at (grad, hvp, hessian)
+    v: list  # direction for hvp
+    X: list  # batch rows (grad_batch)
+    references: tuple = ("differences", "torch")  # which references the case is fair for
+
+
+REGRESSIONS = [
+    # Fan-out through a tie of maximum, with the same node on both sides.
+    Case(
+        "maximum_tie_fan_out",
+        ScalarProgram(
+            2, [Node("mul", (0, 1), "tanh", 1.0), Node("maximum", (2, 2), "tanh", 1.0), Node("sin", (3,), "tanh", 1.0)]
+        ),
+        [0.5, -1.25],
+        [1.5, 0.75],
+        [1.0, -0.5],
+        [[0.5, 0.5], [-2.0, 1.0]],
+        references=("torch",),  # a tie: differences straddle the kink
+    ),
+]
