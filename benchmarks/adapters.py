@@ -1,0 +1,532 @@
+"""One adapter per system: ``prepare(workload)`` returns a ``Prepared`` whose ``grad(x)``
+gives ``(value, gradient ndarray)`` at a new point.
+
+The harness times ``prepare`` + the first ``grad`` as "first gradient" (tracing and
+compiling included), then ``grad`` alone at new points. A peer that is not installed
+raises ``Unavailable`` from ``check()``; a workload a system cannot or should not run
+gives the reason from ``skip(workload)``.
+"""
+
+import sys
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+
+
+class Unavailable(Exception):
+    """The system cannot run here (not installed, or the API is not there yet)."""
+
+
+@dataclass
+class Prepared:
+    grad: Callable  # x -> (value, grad)
+    ops: int | None = None  # the system's own op count for the forward function
+    ops_note: str = ""
+    compile_s: float | None = None  # trace / compile part of the first call, when separable
+    note: str = ""
+
+
+class Adapter:
+    key = ""
+    label = ""
+    kind = ""  # eager | replay | compiled | reference
+    native_memory = False  # allocations outside Python's allocators (tracemalloc blind)
+
+    def check(self):
+        """Raise Unavailable when the system is missing."""
+
+    def skip(self, w):
+        """A reason not to run workload w, or None."""
+        return None
+
+    def prepare(self, w):
+        raise NotImplementedError
+
+
+# --- the reference: hand-written Numba gradients ------------------------------------------
+
+
+class NumbaHand(Adapter):
+    key = "numba"
+    label = "hand-written Numba"
+    kind = "reference"
+
+    def prepare(self, w):
+        fn = w.hand
+        data = w.hand_data
+        compiled_before = len(fn.signatures) > 0
+        t0 = time.perf_counter()
+        fn(w.x0, *data)
+        compile_s = time.perf_counter() - t0
+
+        def grad(x):
+            return fn(x, *data)
+
+        note = "already compiled for another size" if compiled_before else "first call compiles (cache off)"
+        return Prepared(grad, ops=None, compile_s=compile_s, note=note)
+
+
+# --- jitad -------------------------------------------------------------------------------
+
+
+def _jitad():
+    try:
+        import jitad
+    except ImportError as e:
+        raise Unavailable(f"not installed ({e})") from None
+    return jitad
+
+
+def jitad_namespace():
+    jitad = _jitad()
+    return SimpleNamespace(**{k: getattr(jitad, k) for k in ("exp", "log", "sin", "cos", "tanh", "maximum")})
+
+
+class JitadEager(Adapter):
+    key = "jitad_eager"
+    label = "jitad eager (record + backward)"
+    kind = "eager"
+
+    def check(self):
+        _jitad()
+
+    def prepare(self, w):
+        jitad = _jitad()
+        M = jitad_namespace()
+        Value = jitad.Value
+        f = w.f
+        count = []
+
+        def grad(x):
+            # A fresh tape per evaluation so tapes do not grow; backward() then .grad, as
+            # micrograd and PyTorch users write it.
+            with jitad.Tape() as tape:
+                xs = [Value(v) for v in x.tolist()]
+                y = f(xs, M)
+                y.backward()
+                g = np.array([xi.grad for xi in xs])
+                if not count:
+                    count.append(len(tape))
+                return y.data, g
+
+        p = Prepared(grad)
+        grad(w.x0)
+        p.ops = count[0]
+        p.ops_note = "tape entries (leaves included)"
+        return p
+
+
+class JitadReplay(Adapter):
+    key = "jitad_replay"
+    label = "jitad replay (trace once, F.value_and_grad)"
+    kind = "replay"
+
+    def check(self):
+        if not hasattr(_jitad(), "trace"):
+            raise Unavailable("jitad.trace not available yet")
+
+    def prepare(self, w):
+        jitad = _jitad()
+        M = jitad_namespace()
+        f = w.f
+        t0 = time.perf_counter()
+        F = jitad.trace(lambda x: f(x, M), w.x0)
+        trace_s = time.perf_counter() - t0
+        p = Prepared(F.value_and_grad, ops=len(F.tape), ops_note="tape entries (leaves included)", compile_s=trace_s)
+        p.F = F
+        return p
+
+
+# --- micrograd 0.1.0, with the functions it lacks added in its own closure style -------------
+
+
+def _micrograd():
+    try:
+        from micrograd.engine import Value
+    except ImportError as e:
+        raise Unavailable(f"not installed ({e})") from None
+    return Value
+
+
+def micrograd_namespace():
+    import math
+
+    Value = _micrograd()
+
+    def unary(name, fn, dfn):
+        def op(a):
+            out = Value(fn(a.data), (a,), name)
+
+            def _backward():
+                a.grad += dfn(a.data, out.data) * out.grad
+
+            out._backward = _backward
+            return out
+
+        op.__name__ = name
+        return op
+
+    return SimpleNamespace(
+        exp=unary("exp", math.exp, lambda x, y: y),
+        log=unary("log", math.log, lambda x, y: 1.0 / x),
+        sin=unary("sin", math.sin, lambda x, y: math.cos(x)),
+        cos=unary("cos", math.cos, lambda x, y: -math.sin(x)),
+        tanh=unary("tanh", math.tanh, lambda x, y: 1.0 - y * y),
+        maximum=lambda a, b: a + (b - a).relu(),
+    )
+
+
+def _count_micrograd(y):
+    """Operations (non-leaf nodes) in a micrograd graph, without recursion; and all nodes."""
+    seen = {id(y)}
+    stack = [y]
+    ops = 0
+    while stack:
+        v = stack.pop()
+        if v._op:
+            ops += 1
+        for c in v._prev:
+            if id(c) not in seen:
+                seen.add(id(c))
+                stack.append(c)
+    return ops, len(seen)
+
+
+class Micrograd(Adapter):
+    key = "micrograd"
+    label = "micrograd 0.1.0"
+    kind = "eager"
+
+    def check(self):
+        _micrograd()
+
+    def prepare(self, w):
+        Value = _micrograd()
+        M = micrograd_namespace()
+        f = w.f
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 1_000_000))
+        count = []
+
+        def grad(x):
+            xs = [Value(v) for v in x.tolist()]
+            y = f(xs, M)
+            y.backward()  # recursive topological sort: RecursionError on deep graphs
+            if not count:
+                count.append(_count_micrograd(y))
+            return y.data, np.array([xi.grad for xi in xs], dtype=float)
+
+        p = Prepared(grad)
+        grad(w.x0)
+        p.ops = count[0][0]
+        p.ops_note = f"operations; {count[0][1]} nodes with leaves and constants"
+        return p
+
+
+# --- PyTorch ----------------------------------------------------------------------------------
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:
+        raise Unavailable(f"not installed ({e})") from None
+    return torch
+
+
+def torch_namespace():
+    torch = _torch()
+    return SimpleNamespace(
+        exp=torch.exp, log=torch.log, sin=torch.sin, cos=torch.cos, tanh=torch.tanh, maximum=torch.maximum
+    )
+
+
+def torch_numpy():
+    """The few NumPy-style functions the vectorized workloads use, over torch."""
+    torch = _torch()
+    return SimpleNamespace(
+        exp=torch.exp,
+        log=torch.log,
+        tanh=torch.tanh,
+        sum=lambda a, axis=None: a.sum() if axis is None else a.sum(dim=axis),
+        max=lambda a, axis=None: a.max() if axis is None else a.amax(dim=axis),
+        reshape=torch.reshape,
+        transpose=lambda a: a.T,
+        asarray=lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64),
+    )
+
+
+def _count_torch(f, xs, M):
+    """Nodes (AccumulateGrad excluded) in the autograd graph of f(xs, M), without recursion.
+
+    The Python wrappers of the nodes are kept and released root first: dropping a deep
+    graph while wrappers of its nodes are alive otherwise frees it recursively in C++ and
+    crashes on a 10^5-op chain.
+    """
+    y = f(xs, M)
+    seen = set()
+    keep = []
+    stack = [y.grad_fn]
+    ops = 0
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        keep.append(node)
+        if type(node).__name__ != "AccumulateGrad":
+            ops += 1
+        stack.extend(nf[0] for nf in node.next_functions)
+    node = None  # the last one popped may hold the whole graph
+    del y
+    keep.reverse()  # a list is freed from its end: the root goes first
+    del keep
+    return ops
+
+
+class TorchScalar(Adapter):
+    key = "torch_scalar"
+    label = "PyTorch, 0-d tensors"
+    kind = "eager"
+    native_memory = True
+
+    def check(self):
+        _torch()
+
+    def prepare(self, w):
+        torch = _torch()
+        M = torch_namespace()
+        f = w.f
+
+        def grad(x):
+            xs = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in x.tolist()]
+            y = f(xs, M)
+            gs = torch.autograd.grad(y, xs)
+            return y.item(), np.array([g.item() for g in gs])
+
+        xs = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in w.x0.tolist()]
+        ops = _count_torch(f, xs, M)
+        return Prepared(grad, ops=ops, ops_note="autograd graph nodes")
+
+
+class TorchVec(Adapter):
+    key = "torch_vec"
+    label = "PyTorch, vectorized"
+    kind = "eager"
+    native_memory = True
+
+    def check(self):
+        _torch()
+
+    def skip(self, w):
+        return None if w.vec is not None else w.no_vec
+
+    def prepare(self, w):
+        torch = _torch()
+        xp = torch_numpy()
+        vec = w.vec
+        data = tuple(xp.asarray(d) if isinstance(d, np.ndarray) else d for d in w.vec_data)
+
+        def grad(x):
+            xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+            y = vec(xt, xp, *data)
+            (g,) = torch.autograd.grad(y, xt)
+            return y.item(), g.numpy()
+
+        return Prepared(grad)
+
+
+# --- HIPS autograd ----------------------------------------------------------------------------
+
+
+def _autograd():
+    try:
+        import autograd
+        import autograd.numpy as anp
+    except ImportError as e:
+        raise Unavailable(f"not installed ({e})") from None
+    return autograd, anp
+
+
+class AutogradScalar(Adapter):
+    key = "autograd_scalar"
+    label = "HIPS autograd, scalar code"
+    kind = "eager"
+
+    def check(self):
+        _autograd()
+
+    def prepare(self, w):
+        autograd, anp = _autograd()
+        M = SimpleNamespace(exp=anp.exp, log=anp.log, sin=anp.sin, cos=anp.cos, tanh=anp.tanh, maximum=anp.maximum)
+        f = w.f
+        n = w.n
+        vg = autograd.value_and_grad(lambda x: f([x[i] for i in range(n)], M))
+        return Prepared(lambda x: vg(x))
+
+
+class AutogradVec(Adapter):
+    key = "autograd_vec"
+    label = "HIPS autograd, vectorized"
+    kind = "eager"
+
+    def check(self):
+        _autograd()
+
+    def skip(self, w):
+        return None if w.vec is not None else w.no_vec
+
+    def prepare(self, w):
+        autograd, anp = _autograd()
+        vec = w.vec
+        data = w.vec_data
+        vg = autograd.value_and_grad(lambda x: vec(x, anp, *data))
+        return Prepared(lambda x: vg(x))
+
+
+# --- JAX ----------------------------------------------------------------------------------------
+
+
+def _jax():
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError as e:
+        raise Unavailable(f"not installed ({e})") from None
+    jax.config.update("jax_enable_x64", True)
+    return jax, jnp
+
+
+def _jax_compiled(fn, x0):
+    """jit(fn) lowered and compiled ahead of time: (compiled, trace+compile seconds)."""
+    jax, jnp = _jax()
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(jnp.asarray(x0)).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def _jax_grad_fn(compiled):
+    def grad(x):
+        v, g = compiled(x)
+        return float(v), np.asarray(g)
+
+    return grad
+
+
+class JaxScalar(Adapter):
+    key = "jax_scalar"
+    label = "JAX jit(value_and_grad), scalar code"
+    kind = "compiled"
+    native_memory = True
+    cap_s = 60.0
+    seconds_per_op = 5e-3  # replaced by the slope measured in the first-call sweep
+
+    def check(self):
+        _jax()
+
+    def skip(self, w):
+        predicted = self.seconds_per_op * w.meta.get("ref_ops", 0)
+        if predicted > self.cap_s:
+            return (
+                f"skipped: trace+compile predicted {predicted:.0f} s "
+                f"({self.seconds_per_op * 1e3:.1f} ms/op measured on the Rosenbrock sweep) > {self.cap_s:.0f} s cap"
+            )
+        return None
+
+    def prepare(self, w):
+        jax, jnp = _jax()
+        M = SimpleNamespace(exp=jnp.exp, log=jnp.log, sin=jnp.sin, cos=jnp.cos, tanh=jnp.tanh, maximum=jnp.maximum)
+        f = w.f
+        n = w.n
+        fn = jax.value_and_grad(lambda x: f([x[i] for i in range(n)], M))
+        ops = len(jax.make_jaxpr(lambda x: f([x[i] for i in range(n)], M))(jnp.asarray(w.x0)).jaxpr.eqns)
+        compiled, compile_s = _jax_compiled(fn, w.x0)
+        return Prepared(_jax_grad_fn(compiled), ops=ops, ops_note="jaxpr equations", compile_s=compile_s)
+
+
+class JaxVec(Adapter):
+    key = "jax_vec"
+    label = "JAX jit(value_and_grad), vectorized"
+    kind = "compiled"
+    native_memory = True
+
+    def check(self):
+        _jax()
+
+    def skip(self, w):
+        return None if w.vec is not None else w.no_vec
+
+    def prepare(self, w):
+        jax, jnp = _jax()
+        vec = w.vec
+        data = tuple(jnp.asarray(d) if isinstance(d, np.ndarray) else d for d in w.vec_data)
+        fn = jax.value_and_grad(lambda x: vec(x, jnp, *data))
+        compiled, compile_s = _jax_compiled(fn, w.x0)
+        return Prepared(_jax_grad_fn(compiled), compile_s=compile_s)
+
+
+# --- CasADi SX, called through Function.buffer() -----------------------------------------------
+
+
+def _casadi():
+    try:
+        import casadi
+    except ImportError as e:
+        raise Unavailable(f"not installed ({e})") from None
+    return casadi
+
+
+class CasadiSX(Adapter):
+    key = "casadi"
+    label = "CasADi SX Function, buffer() call"
+    kind = "replay"
+    native_memory = True
+
+    def check(self):
+        _casadi()
+
+    def prepare(self, w):
+        ca = _casadi()
+        M = SimpleNamespace(exp=ca.exp, log=ca.log, sin=ca.sin, cos=ca.cos, tanh=ca.tanh, maximum=ca.fmax)
+        n = w.n
+        t0 = time.perf_counter()
+        x = ca.SX.sym("x", n)
+        y = w.f([x[i] for i in range(n)], M)
+        F = ca.Function("f", [x], [y, ca.gradient(y, x)])
+        build_s = time.perf_counter() - t0
+        ops = ca.Function("f0", [x], [y]).n_instructions()
+        buf, trigger = F.buffer()
+        xin = np.empty(n)
+        fout = np.empty(1)
+        gout = np.empty(n)
+        buf.set_arg(0, memoryview(xin))
+        buf.set_res(0, memoryview(fout))
+        buf.set_res(1, memoryview(gout))
+
+        def grad(x):
+            xin[:] = x
+            trigger()
+            return float(fout[0]), gout.copy()
+
+        p = Prepared(grad, ops=ops, ops_note="SX instructions of f (inputs included)", compile_s=build_s)
+        p.F = F
+        p.instructions = F.n_instructions()
+        p.buffer = (xin, fout, gout, trigger, buf)
+        return p
+
+
+ADAPTERS = [
+    NumbaHand(),
+    JitadEager(),
+    JitadReplay(),
+    CasadiSX(),
+    JaxScalar(),
+    JaxVec(),
+    TorchScalar(),
+    TorchVec(),
+    AutogradScalar(),
+    AutogradVec(),
+    Micrograd(),
+]

@@ -1,0 +1,717 @@
+"""Run the benchmark suite and write benchmarks/RESULTS.md, results.json and PNG plots.
+
+    python -m benchmarks.run            # the full suite (~10 minutes on 2 cores)
+    python -m benchmarks.run --quick    # smallest sizes, 1 sample per cell
+
+``smoke()`` runs every adapter once on the seed graph and returns the result rows.
+"""
+
+import os
+import sys
+import tempfile
+
+if __name__ == "__main__":
+    # A fresh Numba cache per run, set before Numba is imported, so that every run pays
+    # (and reports) the same compile costs.
+    _CACHE = tempfile.mkdtemp(prefix="jitad-bench-numba-")
+    os.environ["NUMBA_CACHE_DIR"] = _CACHE
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import adapters as A  # noqa: E402
+from . import workloads as W  # noqa: E402
+from .measure import peak_memory, rel_error, run_cell, time_limit, timeit_loop  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+EVAL_LIMIT_S = 5.0  # skip a cell whose predicted time per gradient is above this
+
+
+# --- small helpers -------------------------------------------------------------------------
+
+
+def fmt_t(s):
+    if s is None:
+        return "—"
+    if s < 1e-6:
+        return f"{s * 1e9:.0f} ns"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} µs"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def fmt_x(v, digits=1):
+    if v is None or not np.isfinite(v):
+        return "—"
+    if v >= 100:
+        return f"{v:.0f}×"
+    return f"{v:.{digits}f}×"
+
+
+def fmt_b(b):
+    if b is None:
+        return "—"
+    if b >= 2**30:
+        return f"{b / 2**30:.2f} GiB"
+    if b >= 2**20:
+        return f"{b / 2**20:.1f} MiB"
+    if b >= 2**10:
+        return f"{b / 2**10:.1f} KiB"
+    return f"{b:.0f} B"
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__}
+    for mod in ("jitad", "torch", "jax", "jaxlib", "casadi", "autograd", "micrograd"):
+        try:
+            from importlib.metadata import version
+
+            versions[mod] = version(mod)
+        except Exception:  # noqa: BLE001
+            versions[mod] = "not installed"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    except OSError:
+        commit = ""
+    return dict(
+        cpu=cpu,
+        nproc=os.cpu_count(),
+        numba_threads=numba.get_num_threads(),
+        date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        platform=platform.platform(),
+        versions=versions,
+        commit=commit.strip(),
+    )
+
+
+def ref_ops(w):
+    """The size of a workload: jitad's tape length when recorded eagerly."""
+    try:
+        import jitad
+    except ImportError:
+        return None
+    M = A.jitad_namespace()
+    with jitad.Tape() as tape:
+        w.f([jitad.Value(v) for v in w.x0.tolist()], M)
+        return len(tape)
+
+
+# --- warm-up: one-time costs, reported, kept out of the per-workload first calls ---------------
+
+
+def warm_up():
+    out = {}
+    t = time.perf_counter()
+    try:
+        import jitad
+
+        out["import_jitad_s"] = time.perf_counter() - t
+        M = A.jitad_namespace()
+        t = time.perf_counter()
+        with jitad.Tape():
+            xs = [jitad.Value(1.5), jitad.Value(0.5)]
+            W.seed(xs, M).backward()
+        out["jitad_eager_kernels_s"] = time.perf_counter() - t
+        if hasattr(jitad, "trace"):
+            t = time.perf_counter()
+            F = jitad.trace(lambda x: W.seed(x, M), np.array([1.5, 0.5]))
+            F.value_and_grad(np.array([1.0, 0.4]))
+            out["jitad_replay_kernels_s"] = time.perf_counter() - t
+            for name, call in (
+                ("grad_batch", lambda: F.grad_batch(np.ones((4, 2)))),
+                ("hvp", lambda: F.hvp(np.ones(2), np.ones(2))),
+                ("hessian", lambda: F.hessian(np.ones(2))),
+            ):
+                if hasattr(F, name):
+                    t = time.perf_counter()
+                    try:
+                        call()
+                        out[f"jitad_{name}_kernels_s"] = time.perf_counter() - t
+                    except Exception as e:  # noqa: BLE001
+                        out[f"jitad_{name}_error"] = f"{type(e).__name__}: {e}"
+    except ImportError as e:
+        out["jitad_error"] = str(e)
+    for mod in ("torch", "jax", "casadi", "autograd", "micrograd.engine"):
+        t = time.perf_counter()
+        try:
+            __import__(mod)
+            out[f"import_{mod.split('.')[0]}_s"] = time.perf_counter() - t
+        except ImportError:
+            pass
+    try:
+        jax, jnp = A._jax()
+        t = time.perf_counter()
+        jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(x))))(jnp.ones(3)).block_until_ready()
+        out["jax_first_jit_s"] = time.perf_counter() - t
+    except A.Unavailable:
+        pass
+    return out
+
+
+# --- the main table --------------------------------------------------------------------------
+
+
+def main_table(workloads, quick):
+    rows = []
+    cost = {}  # system -> seconds per reference op, from its last measured cell
+    for w in workloads:
+        log(f"== {w.label} ({w.meta.get('ref_ops')} ops)")
+        for adapter in A.ADAPTERS:
+            predicted = None
+            if adapter.kind == "eager" and adapter.key in cost and w.meta.get("ref_ops"):
+                predicted = cost[adapter.key] * w.meta["ref_ops"]
+            if predicted is not None and predicted > EVAL_LIMIT_S:
+                r = _skipped(
+                    adapter,
+                    w,
+                    f"skipped: predicted {predicted:.0f} s per gradient ({cost[adapter.key] * 1e6:.1f} µs/op "
+                    f"measured on the previous workload) > {EVAL_LIMIT_S:.0f} s limit",
+                )
+            else:
+                r = run_cell(
+                    adapter,
+                    w,
+                    budget_s=0.3 if quick else 1.0,
+                    min_samples=1 if quick else 3,
+                    max_samples=3 if quick else 200,
+                    limit_s=120.0,
+                )
+            if r["status"] == "ok" and w.name != "seed" and w.meta.get("ref_ops"):
+                cost[adapter.key] = r["median_s"] / w.meta["ref_ops"]
+            _log_row(r)
+            rows.append(r)
+    return rows
+
+
+def _skipped(adapter, w, reason):
+    from .measure import blank
+
+    r = blank(adapter, w)
+    r.update(status="skipped", reason=reason)
+    return r
+
+
+def _log_row(r):
+    if r["status"] == "ok":
+        log(
+            f"  {r['system']:16} first {fmt_t(r['first_s']):>9}  median {fmt_t(r['median_s']):>9} "
+            f"(n={r['samples']})  err {r['rel_err']:.1e}  mem {fmt_b(r['mem_bytes'])}"
+        )
+    else:
+        log(f"  {r['system']:16} {r['status']}: {r['reason']}")
+
+
+# --- section 5: first call vs size ----------------------------------------------------------
+
+
+def first_call_sweep(quick):
+    sizes = [10, 100, 1000] if quick else [10, 30, 100, 300, 1000, 3000, 10000]
+    systems = [A.JitadReplay(), A.CasadiSX(), A.JaxVec(), A.JaxScalar(), A.JitadEager(), A.TorchVec()]
+    rows = []
+    jax_cap = 5.0 if quick else 20.0
+    jax_slope = None
+    for n in sizes:
+        w = W.make_rosenbrock(n)
+        w.meta["ref_ops"] = ref_ops(w)
+        # A fresh Numba dispatcher per size, so its compile time is in every first call.
+        hand = numba.njit(cache=False, error_model="numpy")(W.rosenbrock_hand.py_func)
+        t = time.perf_counter()
+        _, g_ref = hand(w.x0)
+        rows.append(dict(system="numba", n=n, ops=w.meta["ref_ops"], first_s=time.perf_counter() - t, status="ok"))
+        for a in systems:
+            row = dict(system=a.key, n=n, ops=w.meta["ref_ops"], status="ok")
+            try:
+                a.check()
+            except A.Unavailable as e:
+                row.update(status="unavailable", reason=str(e))
+                rows.append(row)
+                continue
+            if a.key == "jax_scalar" and jax_slope is not None and jax_slope * w.meta["ref_ops"] > jax_cap:
+                row.update(
+                    status="skipped",
+                    reason=f"predicted {jax_slope * w.meta['ref_ops']:.0f} s > {jax_cap:.0f} s sweep cap",
+                )
+                rows.append(row)
+                continue
+            try:
+                with time_limit(120):
+                    t = time.perf_counter()
+                    p = a.prepare(w)
+                    _, g = p.grad(w.x0)
+                    row["first_s"] = time.perf_counter() - t
+                    row["compile_s"] = p.compile_s
+                    row["rel_err"] = rel_error(g, g_ref)
+            except Exception as e:  # noqa: BLE001
+                row.update(status="failed", reason=f"{type(e).__name__}: {str(e)[:150]}")
+            if a.key == "jax_scalar" and row.get("first_s") and w.meta["ref_ops"] >= 500:
+                jax_slope = row["first_s"] / w.meta["ref_ops"]
+            rows.append(row)
+        log(
+            f"  first call n={n}: "
+            + ", ".join(f"{r['system']} {fmt_t(r.get('first_s'))}" for r in rows if r["n"] == n)
+        )
+    if jax_slope is not None:
+        A.JaxScalar.seconds_per_op = jax_slope
+    return rows
+
+
+# --- section 4: call latency on the seed graph ---------------------------------------------------
+
+
+def seed_latency():
+    w = W.make_seed()
+    x = np.array([1.3, 0.6])
+    out = {}
+    out["numba"] = timeit_loop(lambda: w.hand(x))
+    try:
+        import jitad
+
+        M = A.jitad_namespace()
+        F = jitad.trace(lambda v: W.seed(v, M), w.x0)
+        out["jitad F.grad"] = timeit_loop(lambda: F.grad(x))
+        out["jitad F.value_and_grad"] = timeit_loop(lambda: F.value_and_grad(x))
+        out["jitad F(x)"] = timeit_loop(lambda: F(x))
+    except (ImportError, AttributeError) as e:
+        out["jitad"] = str(e)
+    try:
+        ca = A._casadi()
+        p = A.CasadiSX().prepare(w)
+        xin, fout, gout, trigger, _ = p.buffer
+
+        def casadi_buffer():
+            xin[:] = x
+            trigger()
+            return gout.copy()
+
+        out["casadi buffer() (copy in, trigger, copy out)"] = timeit_loop(casadi_buffer)
+        out["casadi buffer() trigger only"] = timeit_loop(trigger)
+        out["casadi F(x) (DM call)"] = timeit_loop(lambda: p.F(x))
+        del ca
+    except A.Unavailable as e:
+        out["casadi"] = str(e)
+    try:
+        p = A.JaxScalar().prepare(w)
+        out["jax jit(value_and_grad) call"] = timeit_loop(lambda: p.grad(x))
+    except A.Unavailable as e:
+        out["jax"] = str(e)
+    return out
+
+
+# --- section 6: batches ------------------------------------------------------------------------
+
+
+@numba.njit(cache=False)
+def _numba_rows(X, out):
+    for k in range(X.shape[0]):
+        _, g = W.rosenbrock_hand(X[k])
+        out[k] = g
+
+
+@numba.njit(cache=False, parallel=True)
+def _numba_rows_parallel(X, out):
+    for k in numba.prange(X.shape[0]):
+        _, g = W.rosenbrock_hand(X[k])
+        out[k] = g
+
+
+def batches(quick):
+    n = 1000
+    w = W.make_rosenbrock(n)
+    Ks = [1, 8, 64, 512] if quick else [1, 8, 64, 512, 2048]
+    rng = np.random.default_rng(5)
+    res = dict(n=n, rows=[], blocks=[], notes=[])
+
+    def measure(fn, X, repeat):
+        fn(X)
+        ts = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fn(X)
+            ts.append(time.perf_counter() - t)
+        return float(np.median(ts))
+
+    F = None
+    try:
+        import jitad
+
+        M = A.jitad_namespace()
+        F = jitad.trace(lambda x: W.rosenbrock(x, M), w.x0)
+        if not hasattr(F, "grad_batch"):
+            res["notes"].append("jitad grad_batch not available yet")
+            F = None
+    except (ImportError, AttributeError) as e:
+        res["notes"].append(f"jitad: {e}")
+    jax_fn = None
+    try:
+        jax, jnp = A._jax()
+        jax_grad = jax.grad(lambda x: W.rosenbrock_vec(x, jnp))
+        jax_fn = jax.jit(jax.vmap(jax_grad))
+    except A.Unavailable as e:
+        res["notes"].append(f"jax: {e}")
+    repeat = 3 if quick else 7
+    for K in Ks:
+        X = w.x0[None, :] + 0.1 * rng.uniform(-1, 1, size=(K, n))
+        G = np.empty((K, n))
+        ref = np.array([W.rosenbrock_hand(X[k])[1] for k in range(K)])
+        row = dict(K=K)
+        row["numba loop"] = measure(lambda X: _numba_rows(X, G), X, repeat)
+        row["numba prange"] = measure(lambda X: _numba_rows_parallel(X, G), X, repeat)
+        if F is not None:
+            row["jitad grad_batch"] = measure(F.grad_batch, X, repeat)
+            row["jitad err"] = rel_error(F.grad_batch(X), ref)
+            t = time.perf_counter()
+            for k in range(K):
+                F.grad(X[k])
+            row["jitad F.grad loop"] = (time.perf_counter() - t) if K <= 512 else None
+        if jax_fn is not None:
+            t = time.perf_counter()
+            compiled = jax_fn.lower(jnp.asarray(X)).compile()
+            row["jax compile"] = time.perf_counter() - t
+            row["jax jit(vmap(grad))"] = measure(lambda X: np.asarray(compiled(X)), X, repeat)
+            row["jax err"] = rel_error(np.asarray(compiled(X)), ref)
+        res["rows"].append(row)
+        log(f"  batch K={K}: " + ", ".join(f"{k} {fmt_t(v)}" for k, v in row.items() if k != "K" and "err" not in k))
+    if F is not None:
+        K = 512
+        X = w.x0[None, :] + 0.1 * rng.uniform(-1, 1, size=(K, n))
+        threads = sorted({1, numba.config.NUMBA_NUM_THREADS})
+        blocks = [1, 4, 16, 64] if quick else [1, 2, 4, 8, 16, 32, 64, 128]
+        saved = numba.get_num_threads()
+        for th in threads:
+            numba.set_num_threads(th)
+            for b in blocks + [None]:
+                try:
+                    t = measure(lambda X: F.grad_batch(X, block=b), X, repeat)
+                except TypeError:
+                    res["notes"].append("grad_batch has no block argument")
+                    break
+                res["blocks"].append(dict(threads=th, block=b, seconds=t))
+        numba.set_num_threads(saved)
+    return res
+
+
+# --- section 7: second order --------------------------------------------------------------------
+
+
+def second_order(quick):
+    out = dict(rows=[], hessian=[], notes=[])
+    try:
+        import jitad
+    except ImportError:
+        out["notes"].append("jitad not installed")
+        return out
+    M = A.jitad_namespace()
+    ws = [W.make_rosenbrock(1000, "rosen1k")] + ([] if quick else [W.make_mlp(100)])
+    for w in ws:
+        F = jitad.trace(lambda x, f=w.f: f(x, M), w.x0)
+        if not hasattr(F, "hvp"):
+            out["notes"].append("F.hvp not available yet")
+            break
+        x = w.points(1, seed=3)[0]
+        v = np.random.default_rng(4).normal(size=w.n)
+        tg = timeit_loop(lambda: F.grad(x), min_time=0.2, repeat=5)[0]
+        th = timeit_loop(lambda: F.hvp(x, v), min_time=0.2, repeat=5)[0]
+        # check H v against central differences of the hand-written gradient
+        eps = 1e-6
+        fd = (w.hand(x + eps * v, *w.hand_data)[1] - w.hand(x - eps * v, *w.hand_data)[1]) / (2 * eps)
+        out["rows"].append(
+            dict(workload=w.label, ops=len(F.tape), grad_s=tg, hvp_s=th, ratio=th / tg, fd_err=rel_error(F.hvp(x, v), fd))
+        )
+    n = 100
+    w = W.make_rosenbrock(n)
+    x = w.points(1, seed=5)[0]
+    H_ref = _rosen_hessian(x)
+    F = jitad.trace(lambda x: W.rosenbrock(x, M), w.x0)
+    if hasattr(F, "hessian"):
+        t = timeit_loop(lambda: F.hessian(x), min_time=0.2, repeat=3)[0]
+        out["hessian"].append(dict(system="jitad F.hessian", seconds=t, err=rel_error(F.hessian(x), H_ref)))
+        tg = timeit_loop(lambda: F.grad(x), min_time=0.1, repeat=3)[0]
+        out["hessian_grad_s"] = tg
+    try:
+        jax, jnp = A._jax()
+        t0 = time.perf_counter()
+        hj = jax.jit(jax.hessian(lambda x: W.rosenbrock_vec(x, jnp))).lower(jnp.asarray(x)).compile()
+        compile_s = time.perf_counter() - t0
+        t = timeit_loop(lambda: np.asarray(hj(x)), min_time=0.2, repeat=3)[0]
+        out["hessian"].append(
+            dict(system="JAX jit(hessian), vectorized", seconds=t, compile_s=compile_s, err=rel_error(np.asarray(hj(x)), H_ref))
+        )
+    except A.Unavailable:
+        pass
+    try:
+        ca = A._casadi()
+        xs = ca.SX.sym("x", n)
+        y = W.rosenbrock([xs[i] for i in range(n)], None)
+        H, _ = ca.hessian(y, xs)
+        Fh = ca.Function("h", [xs], [H])
+        hin = np.empty(n)
+        hout = np.empty((n, n))
+        buf, trigger = Fh.buffer()
+        buf.set_arg(0, memoryview(hin))
+        buf.set_res(0, memoryview(hout.reshape(-1)))
+
+        def casadi_h():
+            hin[:] = x
+            trigger()
+            return hout.T.copy()  # CasADi is column-major; the Hessian is symmetric anyway
+
+        t = timeit_loop(casadi_h, min_time=0.2, repeat=3)[0]
+        out["hessian"].append(dict(system="CasADi SX hessian, buffer()", seconds=t, err=rel_error(casadi_h(), H_ref)))
+    except A.Unavailable:
+        pass
+    return out
+
+
+def _rosen_hessian(x):
+    n = x.size
+    H = np.zeros((n, n))
+    for i in range(n - 1):
+        H[i, i] += 1200 * x[i] ** 2 - 400 * x[i + 1] + 2
+        H[i + 1, i + 1] += 200
+        H[i, i + 1] += -400 * x[i]
+        H[i + 1, i] += -400 * x[i]
+    return H
+
+
+# --- sections 2 and 3: fresh processes -------------------------------------------------------------
+
+
+def _probe(args, env=None, timeout=300):
+    cmd = [sys.executable, "-m", "benchmarks.probes", *args]
+    t = time.perf_counter()
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or [f"exit code {p.returncode}"]
+        return dict(error=f"exit {p.returncode}: {tail[0][:200]}", wall_s=wall)
+    try:
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return dict(error=f"unreadable output: {p.stdout[-200:]}", wall_s=wall)
+    out["wall_s"] = wall
+    return out
+
+
+def memory_probes(quick):
+    n = 10_000 if quick else 100_000
+    small = n // 10
+    out = dict(n=n, rows=[], notes=[])
+    plan = [
+        ("jitad", [["tracemalloc", n], ["rss", n]]),
+        # tracemalloc makes micrograd ~10x slower (it traces every closure and set): at n/10
+        ("micrograd", [["tracemalloc", small, "record-only"], ["rss", n]]),
+        ("torch", [["tracemalloc", n, "record-only"], ["rss", n]]),
+    ]
+    for system, runs in plan:
+        row = dict(system=system)
+        for mode, size, *extra in runs:
+            try:
+                r = _probe(["memory", system, str(size), mode, *extra], timeout=300)
+            except subprocess.TimeoutExpired:
+                r = dict(error="timed out after 300 s")
+            row[mode] = r
+        log(f"  memory {system}: {row}")
+        out["rows"].append(row)
+    out["notes"].append(
+        f"micrograd's tracemalloc figure is measured at n={small} (tracemalloc slows micrograd's recording ~10×); "
+        "its bytes per op are per micrograd op at that size."
+    )
+    out["notes"].append(
+        "torch's tracemalloc figure only counts the Python side (tensor storage is allocated by C++), so its RSS "
+        "columns are the meaningful ones."
+    )
+    return out
+
+
+def import_probes(quick):
+    out = dict(rows=[])
+    env = dict(os.environ)
+    warm = tempfile.mkdtemp(prefix="jitad-bench-warm-")
+    try:
+        env["NUMBA_CACHE_DIR"] = warm
+        first = _probe(["import"], env=env)  # populates the cache
+        out["rows"].append(dict(cache="empty (first run fills it)", **first))
+        for k in range(1 if quick else 3):
+            out["rows"].append(dict(cache="warm", **_probe(["import"], env=env)))
+        if not quick:
+            cold = tempfile.mkdtemp(prefix="jitad-bench-cold-")
+            env["NUMBA_CACHE_DIR"] = cold
+            out["rows"].append(dict(cache="empty (second fresh dir)", **_probe(["import"], env=env)))
+            shutil.rmtree(cold, ignore_errors=True)
+        env["NUMBA_CACHE_DIR"] = warm
+        env["JITAD_CACHE"] = "0"
+        out["rows"].append(dict(cache="off (JITAD_CACHE=0)", **_probe(["import"], env=env)))
+    finally:
+        shutil.rmtree(warm, ignore_errors=True)
+    for r in out["rows"]:
+        log(f"  import: {r}")
+    return out
+
+
+# --- plots -----------------------------------------------------------------------------------------
+
+
+def plots(rows, sweep, batch):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    files = []
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for key in [a.key for a in A.ADAPTERS]:
+        pts = sorted(
+            (r["ref_ops"], r["median_s"]) for r in rows if r["system"] == key and r["status"] == "ok" and r["ref_ops"]
+        )
+        if pts:
+            ax.loglog(*zip(*pts), marker="o", label=key)
+    ax.set_xlabel("ops in the workload (jitad tape entries)")
+    ax.set_ylabel("median seconds per gradient at a new point")
+    ax.set_title("Time per gradient vs graph size (all workloads)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(HERE / "time_vs_ops.png", dpi=110)
+    plt.close(fig)
+    files.append("time_vs_ops.png")
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for key in sorted({r["system"] for r in sweep}):
+        pts = sorted((r["ops"], r["first_s"]) for r in sweep if r["system"] == key and r.get("first_s"))
+        if pts:
+            ax.loglog(*zip(*pts), marker="o", label=key)
+    ax.set_xlabel("ops (Rosenbrock, jitad tape entries)")
+    ax.set_ylabel("seconds to the first gradient (trace/compile included)")
+    ax.set_title("First-call latency vs size (Rosenbrock n = 10 … 10^4)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(HERE / "first_call.png", dpi=110)
+    plt.close(fig)
+    files.append("first_call.png")
+
+    if batch.get("rows"):
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        keys = [k for k in batch["rows"][0] if k not in ("K", "jax compile") and "err" not in k]
+        for key in keys:
+            pts = [(r["K"], r["K"] / r[key]) for r in batch["rows"] if r.get(key)]
+            if pts:
+                ax.loglog(*zip(*pts), marker="o", label=key)
+        ax.set_xlabel("batch size K (points)")
+        ax.set_ylabel("gradients per second")
+        ax.set_title(f"Batched gradients, Rosenbrock n={batch['n']}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(HERE / "batch_throughput.png", dpi=110)
+        plt.close(fig)
+        files.append("batch_throughput.png")
+    return files
+
+
+# --- the report ----------------------------------------------------------------------------------------
+
+from .report import write_report  # noqa: E402
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k != "prepared"} for r in rows]
+
+
+def smoke():
+    """Every adapter once on the seed graph (1 sample, no files written); returns the rows.
+
+    Each row has ``system``, ``status`` ("ok", "skipped", "unavailable", "failed"),
+    ``reason``, ``median_s`` and ``rel_err`` (vs the hand-written gradient).
+    """
+    w = W.make_seed()
+    w.meta["ref_ops"] = ref_ops(w)
+    rows = [run_cell(a, w, budget_s=0.0, min_samples=1, max_samples=1, limit_s=120.0) for a in A.ADAPTERS]
+    return _strip(rows)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smallest sizes, 1 sample per cell")
+    ap.add_argument("--out", default=str(HERE), help="directory for RESULTS.md, results.json, plots")
+    ap.add_argument(
+        "--skip", default="", help="comma-separated sections to skip: sweep,table,latency,batch,second,memory,import"
+    )
+    args = ap.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    t_start = time.perf_counter()
+    info = machine()
+    log(f"jitad benchmarks on {info['cpu']} ({info['nproc']} CPUs), {info['date']}")
+    results = dict(machine=info, quick=args.quick, numba_cache=os.environ.get("NUMBA_CACHE_DIR"))
+    log("== warm-up")
+    results["warmup"] = warm_up()
+    log(f"  {results['warmup']}")
+    if "sweep" not in skip:
+        log("== first call vs size (Rosenbrock)")
+        results["sweep"] = first_call_sweep(args.quick)
+    workloads = W.suite(args.quick)
+    for w in workloads:
+        w.meta["ref_ops"] = ref_ops(w)
+    rows = []
+    if "table" not in skip:
+        rows = main_table(workloads, args.quick)
+    results["table"] = _strip(rows)
+    results["workloads"] = [dict(name=w.name, label=w.label, n=w.n, ref_ops=w.meta.get("ref_ops")) for w in workloads]
+    if "latency" not in skip:
+        log("== seed-graph call latency")
+        results["latency"] = seed_latency()
+        log(f"  {results['latency']}")
+    if "batch" not in skip:
+        log("== batches")
+        results["batch"] = batches(args.quick)
+    if "second" not in skip:
+        log("== second order")
+        results["second"] = second_order(args.quick)
+        log(f"  {results['second']}")
+    if "memory" not in skip:
+        log("== memory while recording (fresh processes)")
+        results["memory"] = memory_probes(args.quick)
+    if "import" not in skip:
+        log("== import + first gradient (fresh processes)")
+        results["import"] = import_probes(args.quick)
+    results["total_s"] = time.perf_counter() - t_start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results["plots"] = plots(rows, results.get("sweep", []), results.get("batch", {})) if out == HERE else []
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "RESULTS.md").write_text(write_report(results))
+    log(f"wrote {out / 'RESULTS.md'} in {results['total_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        shutil.rmtree(_CACHE, ignore_errors=True)
