@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from hypothesis import assume as _hypothesis_assume
 from hypothesis import event, given
-from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 from programs import (
+    CONSTANTS,
     SMOOTH_SPECS,
     SPECS,
     SQUASH,
-    CONSTANTS,
     Node,
     Ref,
     ScalarProgram,
@@ -96,7 +96,7 @@ def fd_gradient(f, x, h0=1e-2):
         e = np.zeros(x.size)
         e[i] = 1.0
         step = h0 * max(1.0, abs(x[i]))
-        est, err = richardson(lambda h: (np.asarray(f(x + h * e)) - np.asarray(f(x - h * e))) / (2.0 * h), step)
+        est, err = richardson(lambda h, e=e: (np.asarray(f(x + h * e)) - np.asarray(f(x - h * e))) / (2.0 * h), step)
         cols.append(est)
         errs.append(err)
     return np.stack(cols, axis=-1), np.stack(errs, axis=-1)
@@ -123,12 +123,12 @@ def test_richardson_is_accurate_on_known_functions():
 
 
 @st.composite
-def chains(draw, n_inputs=st.integers(1, 3), depth=st.integers(20, 60), specs=tuple(SPECS)):
+def chains(draw, n_inputs=(1, 3), depth=(20, 60), specs=tuple(SPECS)):
     """A deep program: node k always uses node k-1 (a dependent chain), its other operand
     an earlier node or a constant."""
-    n = draw(n_inputs)
+    n = draw(st.integers(*n_inputs))
     body = []
-    for k in range(draw(depth)):
+    for k in range(draw(st.integers(*depth))):
         name = draw(st.sampled_from(specs))
         spec = SPECS[name]
         last = n + k - 1 if k else draw(st.integers(0, n - 1))
@@ -200,7 +200,10 @@ FD_RTOL = 1e-6  # Richardson differences reach ~1e-10; programs amplify rounding
 
 def check_against_differences(prog, x0, x1, v, X):
     """Every path of jitad at x0 (eager) and x1, X (replayed) against extrapolated differences."""
-    f = lambda z: float(perturbed(prog, z, -1, 0.0))  # noqa: E731 - the plain float program
+
+    def f(z):  # the plain float program
+        return float(perturbed(prog, z, -1, 0.0))
+
     for z in (x0, x1, *X):
         assume(well_conditioned(prog, z) is not None)
 
@@ -218,7 +221,9 @@ def check_against_differences(prog, x0, x1, v, X):
             if k < prog.n_inputs:
                 close(g, g0[k], FD_RTOL, e0[k], f"gradients w.r.t. input {k}")
                 continue
-            ref, err = richardson(lambda h: (perturbed(prog, x0, k, h) - perturbed(prog, x0, k, -h)) / (2 * h), 1e-3)
+            ref, err = richardson(
+                lambda h, k=k: (perturbed(prog, x0, k, h) - perturbed(prog, x0, k, -h)) / (2 * h), 1e-3
+            )
             if trustworthy(err, ref):
                 close(g, ref, FD_RTOL, err, f"gradients w.r.t. node t{k - prog.n_inputs}")
                 note("intermediate node checked")
@@ -375,7 +380,7 @@ def fair_for_torch(prog, *xs):
     exactly equal) at a kink, where one rounding difference could pick the other side."""
     for x in xs:
         try:
-            out, vals, margin = prog.reference(x)
+            _, vals, margin = prog.reference(x)
         except (ValueError, OverflowError, ZeroDivisionError):
             return False
         if not all(math.isfinite(v) and abs(v) < 1e100 for v in vals) or 0.0 < margin < 1e-9:
