@@ -54,6 +54,7 @@ def main():
     import jitad
     from jitad import dask as jd
 
+    load_before = os.getloadavg()[0]
     F = jitad.trace(rosen, np.full(N, 0.5))
     X = np.random.default_rng(0).uniform(-2, 2, size=(K, N))
     cores = os.cpu_count()
@@ -104,7 +105,7 @@ def main():
                     rows.append((setup, "NumPy in, NumPy out", best(from_client)))
                     overheads.append((f"LocalCluster, {workers} worker(s)", chunk_overhead(F, da, jd)))
             cluster.close()
-    write(rows, overheads, cores)
+    write(rows, overheads, cores, load_before)
 
 
 def chunk_overhead(F, da, jd, tasks=400):
@@ -120,7 +121,7 @@ def chunk_overhead(F, da, jd, tasks=400):
     return per_chunk(lambda X: X.map_blocks(np.negative)), per_chunk(lambda X: jd.grad_batch(F, X))
 
 
-def write(rows, overheads, cores):
+def write(rows, overheads, cores, load_before):
     import dask
     import numba
 
@@ -132,7 +133,9 @@ def write(rows, overheads, cores):
         (
             f"Measured {datetime.date.today().isoformat()} on {cpu_name()}, {cores} cores, "
             f"{platform.system()} {platform.release()}; Python {sys.version.split()[0]}, jitad {jitad.__version__}, "
-            f"Dask {dask.__version__}, Numba {numba.__version__} (threading layer {numba.threading_layer()})."
+            f"Dask {dask.__version__}, Numba {numba.__version__} (threading layer {numba.threading_layer()}). "
+            f"Load average before the run: {load_before:.2f} (work of other processes competing for the {cores} "
+            "cores; 0 is an idle machine)."
         ),
         "",
         (

@@ -229,8 +229,8 @@ def _check_tape(col):
         raise InvalidTape(f"inputs[{k}] = {inputs[k]} must be a leaf entry, got {ops.NAMES[op[inputs[k]]]}")
     if np.unique(inputs).size != inputs.size:
         raise InvalidTape("inputs must be distinct entries")
-    if not np.array_equal(np.sort(params), np.flatnonzero(op == ops.PARAM)):
-        raise InvalidTape("params must list every parameter entry (opcode 'param') exactly once")
+    if not np.array_equal(params, np.flatnonzero(op == ops.PARAM)):
+        raise InvalidTape("params must list every parameter entry (opcode 'param'), in order")
     if outputs.size == 0:
         raise InvalidTape("the tape has no outputs")
     if not np.array_equal(guards, np.flatnonzero(is_guard)):

@@ -318,6 +318,7 @@ ARRAY_CASES = {
     "param past the end": (_set("params", 0, 10**6), "params[0] = 1000000"),
     "param on a leaf": (_set("params", 0, 0), "every parameter entry"),
     "missing param": (_replace("params", lambda c, d: c[:-1]), "every parameter entry"),
+    "params out of order": (_replace("params", lambda c, d: c[::-1].copy()), "every parameter entry"),
     "output past the end": (_set("outputs", 0, lambda d, i: d["op"].size), "outputs[0]"),
     "no outputs": (_replace("outputs", lambda c, d: c[:0]), "no outputs"),
     "two outputs, scalar": (_replace("outputs", lambda c, d: np.append(c, c)), "scalar function has one output"),
