@@ -23,7 +23,7 @@ class Unavailable(Exception):
 @dataclass
 class Prepared:
     grad: Callable  # x -> (value, grad)
-    ops: int | None = None  # the system's own op count for the forward function
+    ops: int | Callable | None = None  # own op count of the forward function (a callable: counted after timing)
     ops_note: str = ""
     compile_s: float | None = None  # trace / compile part of the first call, when separable
     note: str = ""
@@ -112,11 +112,7 @@ class JitadEager(Adapter):
                     count.append(len(tape))
                 return y.data, g
 
-        p = Prepared(grad)
-        grad(w.x0)
-        p.ops = count[0]
-        p.ops_note = "tape entries (leaves included)"
-        return p
+        return Prepared(grad, ops=lambda: count[0], ops_note="tape entries (leaves included)")
 
 
 class JitadReplay(Adapter):
@@ -208,20 +204,21 @@ class Micrograd(Adapter):
         M = micrograd_namespace()
         f = w.f
         sys.setrecursionlimit(max(sys.getrecursionlimit(), 1_000_000))
-        count = []
 
         def grad(x):
             xs = [Value(v) for v in x.tolist()]
             y = f(xs, M)
             y.backward()  # recursive topological sort: RecursionError on deep graphs
-            if not count:
-                count.append(_count_micrograd(y))
             return y.data, np.array([xi.grad for xi in xs], dtype=float)
 
-        p = Prepared(grad)
-        grad(w.x0)
-        p.ops = count[0][0]
-        p.ops_note = f"operations; {count[0][1]} nodes with leaves and constants"
+        p = Prepared(grad, ops_note="operations (leaves and constants excluded)")
+
+        def count():
+            ops, nodes = _count_micrograd(f([Value(v) for v in w.x0.tolist()], M))
+            p.ops_note = f"operations; {nodes} nodes with leaves and constants"
+            return ops
+
+        p.ops = count
         return p
 
 
@@ -306,9 +303,11 @@ class TorchScalar(Adapter):
             gs = torch.autograd.grad(y, xs)
             return y.item(), np.array([g.item() for g in gs])
 
-        xs = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in w.x0.tolist()]
-        ops = _count_torch(f, xs, M)
-        return Prepared(grad, ops=ops, ops_note="autograd graph nodes")
+        def count():
+            xs = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in w.x0.tolist()]
+            return _count_torch(f, xs, M)
+
+        return Prepared(grad, ops=count, ops_note="autograd graph nodes")
 
 
 class TorchVec(Adapter):
@@ -430,7 +429,7 @@ class JaxScalar(Adapter):
         predicted = self.seconds_per_op * w.meta.get("ref_ops", 0)
         if predicted > self.cap_s:
             return (
-                f"skipped: trace+compile predicted {predicted:.0f} s "
+                f"trace + compile predicted {predicted:.0f} s "
                 f"({self.seconds_per_op * 1e3:.1f} ms/op measured on the Rosenbrock sweep) > {self.cap_s:.0f} s cap"
             )
         return None
@@ -441,9 +440,12 @@ class JaxScalar(Adapter):
         f = w.f
         n = w.n
         fn = jax.value_and_grad(lambda x: f([x[i] for i in range(n)], M))
-        ops = len(jax.make_jaxpr(lambda x: f([x[i] for i in range(n)], M))(jnp.asarray(w.x0)).jaxpr.eqns)
         compiled, compile_s = _jax_compiled(fn, w.x0)
-        return Prepared(_jax_grad_fn(compiled), ops=ops, ops_note="jaxpr equations", compile_s=compile_s)
+
+        def count():
+            return len(jax.make_jaxpr(lambda x: f([x[i] for i in range(n)], M))(jnp.asarray(w.x0)).jaxpr.eqns)
+
+        return Prepared(_jax_grad_fn(compiled), ops=count, ops_note="jaxpr equations of f", compile_s=compile_s)
 
 
 class JaxVec(Adapter):
@@ -496,7 +498,6 @@ class CasadiSX(Adapter):
         y = w.f([x[i] for i in range(n)], M)
         F = ca.Function("f", [x], [y, ca.gradient(y, x)])
         build_s = time.perf_counter() - t0
-        ops = ca.Function("f0", [x], [y]).n_instructions()
         buf, trigger = F.buffer()
         xin = np.empty(n)
         fout = np.empty(1)
@@ -510,7 +511,10 @@ class CasadiSX(Adapter):
             trigger()
             return float(fout[0]), gout.copy()
 
-        p = Prepared(grad, ops=ops, ops_note="SX instructions of f (inputs included)", compile_s=build_s)
+        def count():
+            return ca.Function("f0", [x], [y]).n_instructions()
+
+        p = Prepared(grad, ops=count, ops_note="SX instructions of f (inputs included)", compile_s=build_s)
         p.F = F
         p.instructions = F.n_instructions()
         p.buffer = (xin, fout, gout, trigger, buf)

@@ -7,6 +7,9 @@ recording and of the backward pass (not with a trailing ``record-only``), MODE `
 growth of peak RSS over both.
 ``import``: seconds to ``import jitad``, then to the first eager gradient and the first
 traced gradient of the seed graph (NUMBA_CACHE_DIR chooses the cache).
+``jaxscalar [--first-only] [--cap S] NAME...``: JAX jit of the scalar-written workloads, one
+JSON line each; in a child process so that an XLA compile that runs away can be killed
+(a signal cannot interrupt it, and it keeps a core busy after a Python-level timeout).
 """
 
 import json
@@ -22,7 +25,21 @@ def _rss_now():
     return 0
 
 
+def _reset_peak_rss():
+    """Reset the kernel's peak-RSS mark (VmHWM; Linux >= 4.0). False when not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -114,6 +131,7 @@ def memory(system, n, mode, backward_traced=True):
             out["backward_peak"] = peak - base
         tracemalloc.stop()
     else:
+        out["peak_reset"] = _reset_peak_rss()  # else the peak may be from imports
         before = _rss_now()
         t = time.perf_counter()
         graph = record()
@@ -161,8 +179,56 @@ def first_gradient():
     return out
 
 
+def jax_scalar(args):
+    from . import adapters, measure, workloads
+
+    first_only = "--first-only" in args
+    cap = float(args[args.index("--cap") + 1]) if "--cap" in args else float("inf")
+    names = [a for i, a in enumerate(args) if not a.startswith("--") and (i == 0 or args[i - 1] != "--cap")]
+    jax, jnp = adapters._jax()
+    jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(x))))(jnp.ones(3)).block_until_ready()  # one-time costs
+    slope = None
+    for name in names:
+        w = workloads.by_name(name)
+        w.meta["ref_ops"] = _jitad_ops(w)
+        a = adapters.JaxScalar()
+        a.cap_s = float("inf")
+        if slope is not None and slope * w.meta["ref_ops"] > cap:
+            r = dict(system=a.key, workload=name, status="skipped", ops=w.meta["ref_ops"])
+            r["reason"] = f"predicted {slope * w.meta['ref_ops']:.0f} s > {cap:.0f} s cap"
+        elif first_only:
+            t = time.perf_counter()
+            p = a.prepare(w)
+            _, g = p.grad(w.x0)
+            first = time.perf_counter() - t
+            _, ref = w.hand(w.x0, *w.hand_data)
+            r = dict(system=a.key, workload=name, status="ok", first_s=first, compile_s=p.compile_s)
+            r.update(ops=w.meta["ref_ops"], rel_err=measure.rel_error(g, ref))
+            if w.meta["ref_ops"] >= 500:
+                slope = first / w.meta["ref_ops"]
+        else:
+            r = measure.run_cell(a, w, limit_s=0)
+            r.pop("prepared", None)
+        print(json.dumps(r, default=float), flush=True)
+
+
+def _jitad_ops(w):
+    try:
+        import jitad
+    except ImportError:
+        return 0
+    from .adapters import jitad_namespace
+
+    with jitad.Tape() as tape:
+        w.f([jitad.Value(v) for v in w.x0.tolist()], jitad_namespace())
+        return len(tape)
+
+
 if __name__ == "__main__":
     kind = sys.argv[1]
+    if kind == "jaxscalar":
+        jax_scalar(sys.argv[2:])
+        raise SystemExit(0)
     if kind == "memory":
         result = memory(sys.argv[2], int(sys.argv[3]), sys.argv[4], backward_traced=sys.argv[5:] != ["record-only"])
     elif kind == "import":

@@ -534,7 +534,7 @@ def make_seed():
 def suite(quick=False):
     """The workloads of the main table, smallest first."""
     if quick:
-        return [make_seed(), make_rosenbrock(1000, "rosen1k"), make_gmm(2, 5, 20, "gmm_s")]
+        return [make_seed(), make_rosenbrock(1000, "rosen1k"), make_gmm(2, 5, 20, "gmm_xs")]
     return [
         make_seed(),
         make_rosenbrock(1000, "rosen1k"),
@@ -544,3 +544,14 @@ def suite(quick=False):
         make_gmm(10, 25, 100, "gmm_l"),
         make_rosenbrock(100_000, "rosen100k"),
     ]
+
+
+def by_name(name):
+    """A workload of the suite by its name, or ``rosenN`` for Rosenbrock with N variables."""
+    if name.startswith("rosen") and name[5:].isdigit():
+        return make_rosenbrock(int(name[5:]))
+    for quick in (False, True):
+        for w in suite(quick):
+            if w.name == name:
+                return w
+    raise KeyError(name)
