@@ -141,17 +141,19 @@ def _split_params(F, X, args):
         raise TypeError(f"expected {len(shapes)} extra argument(s) (parameters), got {len(args)}")
     shared, per_point = [], []
     for k, (arg, shape) in enumerate(zip(args, shapes)):
-        if isinstance(arg, da.Array) and arg.shape[1:] == shape and arg.ndim == len(shape) + 1:
+        if isinstance(arg, da.Array):
+            if arg.dtype.kind not in "biuf":
+                raise TypeError(f"parameter {k} must hold real numbers, got dtype {arg.dtype}")
             p = arg.astype(np.float64)
         else:
             p = _real_array(arg, f"parameter {k}")
             if p.shape == shape:
                 shared.append(p)
                 continue
-            if p.shape[1:] != shape or p.ndim != len(shape) + 1:
-                raise ValueError(
-                    f"parameter {k} has shape {p.shape}; expected {shape} (shared) or {(X.shape[0],) + shape} (per point)"
-                )
+        if p.shape[1:] != shape or p.ndim != len(shape) + 1:
+            per = (X.shape[0],) + shape
+            raise ValueError(f"parameter {k} has shape {p.shape}; expected {shape} (shared) or {per} (per point)")
+        if not isinstance(p, da.Array):
             p = da.from_array(p, chunks=-1)
         if p.shape[0] != X.shape[0]:
             raise ValueError(f"parameter {k} gives {p.shape[0]} points, X has {X.shape[0]}")
@@ -162,7 +164,7 @@ def _split_params(F, X, args):
 
 class _Shipped:
     """A TapeFunction and its shared parameters on their way to the workers. It pickles as
-    the tape's arrays plus, when it can be pickled, the Python function (``io.reduce``), and
+    the tape's arrays plus, when it can be pickled, the Python function (as ``io.reduce``), and
     rebuilds (and validates) the TapeFunction once per process, on first use, so the chunks
     a worker evaluates share its re-recorded branches."""
 

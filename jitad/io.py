@@ -90,12 +90,7 @@ def to_arrays(F):
         "lines": {str(int(k)): str(v) for k, v in getattr(p, "lines", {}).items()},
     }
     arrays = {"meta": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8).copy()}
-    arrays["op"] = p.op.copy()
-    arrays["a"] = p.a.copy()
-    arrays["b"] = p.b.copy()
-    arrays["const"] = p.const.copy()
-    arrays["value"] = p.value.copy()
-    for name in INDICES:
+    for name in (*COLUMNS, *INDICES):
         arrays[name] = getattr(p, name).copy()
     return arrays
 

@@ -101,6 +101,10 @@ def test_parameters_per_point(threads):
     np.testing.assert_array_equal(jd.grad_batch(F, chunked(X), da.from_array(WK, chunks=(77, 2))).compute(), want)
     with pytest.raises(ValueError, match="parameter 0 has shape"):
         jd.grad_batch(F, chunked(X), np.ones(3))
+    with pytest.raises(ValueError, match="parameter 0 has shape"):
+        jd.grad_batch(F, chunked(X), da.ones((500, 4)))
+    with pytest.raises(TypeError, match="real numbers"):
+        jd.grad_batch(F, chunked(X), da.ones((500, 5), dtype=complex))
     with pytest.raises(ValueError, match="gives 499 points"):
         jd.grad_batch(F, chunked(X), WK[1:])
     with pytest.raises(TypeError, match="expected 1 extra"):
