@@ -222,6 +222,31 @@ class Micrograd(Adapter):
         return p
 
 
+class MicrogradNoGC(Micrograd):
+    key = "micrograd_nogc"
+    label = "micrograd 0.1.0, GC paused in the call"
+
+    def prepare(self, w):
+        import gc
+
+        p = super().prepare(w)
+        grad = p.grad
+
+        def paused(x):
+            # The cyclic GC scans every live node again and again while a big graph is being
+            # built; pausing it shows micrograd's own cost (the harness collects between calls).
+            enabled = gc.isenabled()
+            gc.disable()
+            try:
+                return grad(x)
+            finally:
+                if enabled:
+                    gc.enable()
+
+        p.grad = paused
+        return p
+
+
 # --- PyTorch ----------------------------------------------------------------------------------
 
 
@@ -533,4 +558,5 @@ ADAPTERS = [
     AutogradScalar(),
     AutogradVec(),
     Micrograd(),
+    MicrogradNoGC(),
 ]

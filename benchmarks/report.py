@@ -14,6 +14,7 @@ SYSTEM_ORDER = [
     "autograd_scalar",
     "autograd_vec",
     "micrograd",
+    "micrograd_nogc",
 ]
 
 
@@ -160,8 +161,10 @@ def _method(w):
     )
     w(
         "- **Caps**: a cell is skipped when its predicted time per gradient (the system's µs/op on the previous "
-        "workload × ops) exceeds 5 s; JAX's scalar-code jit is skipped when its trace + compile, predicted from "
-        "the ms/op measured in the first-call sweep, exceeds 60 s. Skips and failures say why.\n"
+        "workload × ops) exceeds 5 s. JAX's scalar-code jit runs in a child process: it is skipped when its "
+        "trace + compile, predicted from the ms/op measured in the first-call sweep, exceeds the 60 s cap, and "
+        "the child is killed when it runs past the cap anyway (an XLA compile cannot be interrupted by a signal "
+        "and would keep a core busy). Skips and failures say why.\n"
     )
 
 
@@ -244,9 +247,9 @@ def _section1(w, table):
     )
     w(
         "| workload | jitad eager | ops | micrograd | ops | torch scalar | ops | micrograd / jitad per eval "
-        "| per op | torch / jitad per eval | per op |"
+        "| per op | micrograd, GC paused / jitad per op | torch / jitad per eval | per op |"
     )
-    w("|---|---|---|---|---|---|---|---|---|---|---|")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for wl in ("rosen1k", "mlp", "gmm_s", "chain", "seed", "gmm_l"):
         j = _cell(table, "jitad_eager", wl)
         mg = _cell(table, "micrograd", wl)
@@ -266,9 +269,10 @@ def _section1(w, table):
 
         a, b = ratios(mg)
         c, d = ratios(tr)
+        _, e = ratios(_cell(table, "micrograd_nogc", wl))
         w(
             f"| {j['workload_label']} | {fmt_t(j['median_s'])} | {j['ops']} | {' | '.join(cellt(mg))} | "
-            f"{' | '.join(cellt(tr))} | {a} | {b} | {c} | {d} |"
+            f"{' | '.join(cellt(tr))} | {a} | {b} | {e} | {c} | {d} |"
         )
     w("")
     j = _cell(table, "jitad_eager", "rosen1k")
@@ -286,8 +290,10 @@ def _section1(w, table):
             faster = "faster" if tr["median_s"] > j["median_s"] else "**slower**"
             text += f" jitad eager is {faster} than PyTorch scalar tensors ({fmt_t(tr['median_s'])} per evaluation)."
         text += (
-            " micrograd's graphs are reference cycles (closures referring to their output), so part of its "
-            "time is the cyclic garbage collector; the harness collects before each slow sample, untimed.\n"
+            " micrograd's graphs are reference cycles (closures referring to their output), and its cost per op "
+            "grows with the graph because Python's cyclic GC rescans the live nodes while a big graph is built; "
+            "the *GC paused* column (the `micrograd_nogc` rows) shows micrograd without that cost. The harness "
+            "collects before each slow sample, untimed, for every system.\n"
         )
         w(text)
 
@@ -300,8 +306,8 @@ def _section2(w, mem):
         "Fresh process per measurement (`python -m benchmarks.probes memory SYSTEM N MODE`). *tracemalloc*: "
         "peak of Python-allocator memory (NumPy buffers included) while recording, and its peak during the "
         "backward pass (same baseline, so it includes the recording still held); *RSS*: growth of resident "
-        "memory over the recording, and of peak RSS over record + backward (`ru_maxrss`), which also counts "
-        "C++ allocations, allocator slack and memory freed but not returned. Bytes per op divide by the "
+        "memory over the recording, and of peak RSS over record + backward (VmHWM, reset through "
+        "`/proc/self/clear_refs` just before recording), which also counts C++ allocations, allocator slack and memory freed but not returned. Bytes per op divide by the "
         "system's own op count (jitad: tape entries incl. leaves; micrograd: operations; torch: autograd "
         "nodes). Target: ≤ 100 B/op while recording (jitad stores 48-byte entries).\n"
     )

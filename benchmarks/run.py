@@ -665,13 +665,16 @@ def plots(rows, sweep, batch):
     except ImportError:
         return []
     files = []
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for key in [a.key for a in A.ADAPTERS]:
+    markers = "osD^v<>ph*XP"
+    colors = plt.get_cmap("tab20").colors
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for k, key in enumerate(a.key for a in A.ADAPTERS):
         pts = sorted(
             (r["ref_ops"], r["median_s"]) for r in rows if r["system"] == key and r["status"] == "ok" and r["ref_ops"]
         )
         if pts:
-            ax.loglog(*zip(*pts), marker="o", label=key)
+            style = dict(marker=markers[k % len(markers)], color=colors[(2 * k) % 20 if k < 10 else (2 * k + 1) % 20])
+            ax.loglog(*zip(*pts), label=key, linewidth=1, alpha=0.85, **style)
     ax.set_xlabel("ops in the workload (jitad tape entries)")
     ax.set_ylabel("median seconds per gradient at a new point")
     ax.set_title("Time per gradient vs graph size (all workloads)")
@@ -726,14 +729,21 @@ def _strip(rows):
 
 
 def smoke():
-    """Every adapter once on the seed graph (1 sample, no files written); returns the rows.
+    """Every adapter once on the seed graph, or on Rosenbrock n=10 for the vectorized ones
+    (1 sample, no files written); returns one row (dict) per adapter.
 
-    Each row has ``system``, ``status`` ("ok", "skipped", "unavailable", "failed"),
-    ``reason``, ``median_s`` and ``rel_err`` (vs the hand-written gradient).
+    Each row has ``system``, ``workload``, ``status`` ("ok", "unavailable" when a peer is
+    not installed, "failed"), ``reason``, ``median_s`` and ``rel_err`` (max relative error
+    against the hand-written gradient).
     """
-    w = W.make_seed()
-    w.meta["ref_ops"] = ref_ops(w)
-    rows = [run_cell(a, w, budget_s=0.0, min_samples=1, max_samples=1, limit_s=120.0) for a in A.ADAPTERS]
+    seed = W.make_seed()
+    small = W.make_rosenbrock(10)
+    for w in (seed, small):
+        w.meta["ref_ops"] = ref_ops(w)
+    rows = []
+    for a in A.ADAPTERS:
+        w = seed if a.skip(seed) is None else small
+        rows.append(run_cell(a, w, budget_s=0.0, min_samples=1, max_samples=1, limit_s=120.0))
     return _strip(rows)
 
 
