@@ -3,6 +3,7 @@ contiguous arrays plus its inputs, parameters, outputs and guards), and ``TapeFu
 replays it in Numba at new points, re-recording when a guarded branch goes the other way.
 """
 
+import contextlib
 import threading
 from collections import OrderedDict
 
@@ -218,6 +219,7 @@ class TapeFunction:
         self._param_shapes = program.param_shapes
         self._programs = OrderedDict([(id(program), program)])
         self._last = program  # the tape the last call used: tried first
+        self._no_function = "it has no Python function to record again"  # set by jitad.io
         self._lock = threading.Lock()
         self._local = threading.local()
         self.retraces = 0  # how many times f was recorded again after a branch change
@@ -239,9 +241,11 @@ class TapeFunction:
         save(self, path)
 
     def __reduce__(self):
-        from .io import from_arrays, to_arrays
+        # The tape's arrays (validated again on unpickling) and the function when it
+        # pickles (cloudpickle), so that the receiving process can re-record.
+        from .io import reduce
 
-        return from_arrays, (to_arrays(self),)
+        return reduce(self)
 
     # the replay loop -------------------------------------------------------------------
     def _work(self, program):
@@ -283,11 +287,7 @@ class TapeFunction:
     def _retrace_at(self, x, args, program, failed):
         """Record f again at x, where ``failed`` is the first guard of ``program`` that failed."""
         if self._retrace == "raise" or self._f is None:
-            why = (
-                "this TapeFunction was loaded from a file and cannot record the function again"
-                if self._f is None
-                else "retrace='raise'"
-            )
+            why = "retrace='raise'" if self._f is not None else self._no_function
             raise BranchChanged(
                 f"a branch went the other way at this input: {program.describe_guard(failed)}; "
                 f"it is not at x = {np.array2string(x, threshold=6)}. Not re-recorded because {why}."
@@ -421,18 +421,18 @@ class TapeFunction:
             v = np.empty((pending.size, m))
             g = np.empty((pending.size, self._n)) if want_grad else grads
             failed = np.empty(pending.size, dtype=np.int64)
-            kernels.batch(
-                program.op, program.a, program.b, program.const, program.value, program.inputs, program.params,
-                program.outputs, Xp, Pp, _block_size(block, len(program), pending.size),
-                max(1, min(numba.get_num_threads(), pending.size)), want_grad, v, g, failed,
-            )  # fmt: skip
+            with _parallel_launch():
+                kernels.batch(
+                    program.op, program.a, program.b, program.const, program.value, program.inputs, program.params,
+                    program.outputs, Xp, Pp, _block_size(block, len(program), pending.size),
+                    max(1, min(numba.get_num_threads(), pending.size)), want_grad, v, g, failed,
+                )  # fmt: skip
             ok = failed < 0
             values[pending[ok]] = v[ok]
             if want_grad:
                 grads[pending[ok]] = g[ok]
-            if not ok.all() and first_failure is None:
-                first_failure = (program, int(failed[~ok][0]))
-            if not ok.all() and not programs:
+            if not ok.all() and (first_failure is None or not programs):
+                # the guard to name if re-recording is refused: the last program tried
                 first_failure = (program, int(failed[~ok][0]))
             pending = pending[~ok]
         return values, grads
@@ -481,6 +481,19 @@ def _replay_fails_at_own_point(program, w, x, args):
         program.op, program.a, program.b, program.const, check.val, check.da, check.db, program.inputs,
         program.params, x, p,
     ) >= 0  # fmt: skip
+
+
+_WORKQUEUE_LOCK = threading.Lock()
+
+
+def _parallel_launch():
+    """Numba's fallback 'workqueue' threading layer aborts the process when two threads
+    launch parallel kernels at once; OpenMP and TBB do not need this lock."""
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        layer = None
+    return contextlib.nullcontext() if layer in ("omp", "tbb") else _WORKQUEUE_LOCK
 
 
 def _block_size(block, n_entries, K):

@@ -32,6 +32,10 @@ class _Transform:
     def __repr__(self):
         return f"<jitad.{self.__name__}>"
 
+    def __reduce__(self):
+        # Pickles as the function it transforms (its lock and traced tapes stay behind).
+        return type(self), (self._f, self._method, self._retrace)
+
 
 class _Plain(_Transform):
     def __call__(self, x, *args):
