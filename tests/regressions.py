@@ -29,4 +29,26 @@ REGRESSIONS = [
         [[0.5, 0.5], [-2.0, 1.0]],
         references=("torch",),  # a tie: differences straddle the kink
     ),
+    # Fan-out of inputs and nodes into a chain of every kind of arity and constant position.
+    Case(
+        "fan_out_chain",
+        ScalarProgram(
+            2,
+            [
+                Node("mul", (0, 1), "tanh", 1.0),
+                Node("exp", (2,), "sin", 1.0),
+                Node("div", (3, 0), "rational", 1.0),
+                Node("powc", (4,), "atan", 2.5),
+                Node("atan2", (5, 1), "cos", 1.0),
+                Node("hypot", (6, 2), "tanh", 1.0),
+                Node("sub", (-0.5, 7), "tanh", 1.0),
+                Node("log", (8,), "sigmoid", 1.0),
+                Node("mul", (9, 2), "tanh", 1.0),
+            ],
+        ),
+        [0.4, -0.7],
+        [1.1, 0.3],
+        [0.5, -1.0],
+        [[0.2, 0.2], [-1.0, 1.5]],
+    ),
 ]

@@ -256,12 +256,25 @@ def check_against_differences(prog, x0, x1, v, X):
     G = F.grad_batch(X)
     values, grads = F.value_and_grad_batch(X)
     np.testing.assert_array_equal(grads, G)
+    check_optimized(prog, x0, x1, v, X, F)
     for k, z in enumerate(X):
         gz, ez = fd_gradient(f, z)
         if trustworthy(ez, gz):
             assert values[k] == pytest.approx(f(z), rel=1e-12, abs=1e-12)
             close(G[k], gz, FD_RTOL, ez, f"grad_batch row {k}")
             note("batch row checked")
+
+
+def check_optimized(prog, x0, x1, v, X, F):
+    """``trace(..., optimize=True)`` (constant folding, shared subexpressions, dead entries
+    removed) computes what the recorded tape computes."""
+    O = jitad.trace(prog, x0, optimize=True)
+    assert len(O.tape) <= len(F.tape)
+    value, grad = O.value_and_grad(x1)
+    close(value, F(x1), 1e-12, None, "optimized value")
+    close(grad, F.grad(x1), 1e-12, None, "optimized grad")
+    close(O.hvp(x1, v), F.hvp(x1, v), 1e-10, None, "optimized hvp")
+    close(O.grad_batch(X), F.grad_batch(X), 1e-12, None, "optimized grad_batch")
 
 
 def batch_points(n, k=(1, 5)):
@@ -428,10 +441,13 @@ def check_against_torch(torch, prog, x0, x1, v, X):
         np.testing.assert_allclose(H, H.T, rtol=0, atol=0)
         close(H @ v, thv, 1e-8, None, "hessian @ v")
 
-    # Batched.
+    # Batched, and the optimized tape.
     expected = np.array([as_array(torch_grad(torch, prog, z)[1]) for z in X])
+    O = jitad.trace(prog, x0, optimize=True)
+    close(O.grad(x1), g1, TORCH_RTOL, None, "optimized replayed grad")
     if np.all(np.isfinite(expected)):
         close(F.grad_batch(X), expected, TORCH_RTOL, None, "grad_batch")
+        close(O.grad_batch(X), expected, TORCH_RTOL, None, "optimized grad_batch")
 
 
 @PROPERTY
@@ -501,6 +517,123 @@ def test_vector_programs_jacobian_matches_torch(torch, data):
     assume(np.all(np.isfinite(J)))
     F = jitad.trace(prog, x0)
     close(F.jacobian(x1), J, TORCH_RTOL, None, "jacobian")
+
+
+# --- programs with Python control flow: guards, re-recording --------------------------------
+
+
+class Branchy(ScalarProgram):
+    """A ScalarProgram where some nodes are followed by an ``if`` on a comparison of Values:
+    ``t = t * a if t > thr else sin(t) + b``. jitad records each comparison as a guard; the
+    float and torch runs take the same branches by plain Python."""
+
+    def __init__(self, base, branches):
+        super().__init__(base.n_inputs, base.nodes, base.outputs)
+        self.branches = dict(branches)  # node index -> (thr, a, b)
+
+    def run(self, M, x):
+        vals = list(x)
+        self.taken = []  # the outcome of every comparison, in order (on the last run)
+        for j, node in enumerate(self.nodes):
+            spec = SPECS[node.spec]
+            args = [vals[a] if isinstance(a, int) else a for a in node.args]
+            t = spec.fn(M, SQUASH[node.squash], args[0], args[1] if spec.arity == 2 else None, node.c)
+            if j in self.branches:
+                thr, a, b = self.branches[j]
+                if isinstance(M, Ref):
+                    M._near(t - thr)
+                if t > thr:
+                    self.taken.append(True)
+                    t = t * a
+                else:
+                    self.taken.append(False)
+                    t = M.sin(t) + b
+            vals.append(t)
+        return vals
+
+    def signature(self, x):
+        self.reference(x)
+        return tuple(self.taken)
+
+
+@st.composite
+def branchy_programs(draw):
+    base = draw(programs(specs=SMOOTH_SPECS, size=st.integers(2, 10)), label="base program")
+    where = draw(st.sets(st.integers(0, len(base.nodes) - 1), min_size=1, max_size=3))
+    coefficient = st.tuples(st.floats(0.1, 2.0), st.booleans()).map(lambda t: t[0] if t[1] else -t[0])
+    return Branchy(
+        base, {j: (draw(st.floats(-1.0, 1.0)), draw(coefficient), draw(st.floats(-1.0, 1.0))) for j in sorted(where)}
+    )
+
+
+def eager_value_and_grad(prog, x):
+    with jitad.Tape():
+        xs = [Value(float(t)) for t in x]
+        y = prog(xs)
+        return y.data, jitad.gradients(y, xs)
+
+
+@PROPERTY
+@given(st.data())
+def test_branchy_programs_rerecord_and_match_references(data):
+    prog = data.draw(branchy_programs(), label="program")
+    n = prog.n_inputs
+    x0 = data.draw(points(n), label="x0")
+    xs = data.draw(st.lists(points(n), min_size=2, max_size=5), label="points")
+    v = data.draw(points(n, -1.0, 1.0), label="v")
+    for z in (x0, *xs):
+        assume(well_conditioned(prog, z, margin=1e-6) is not None)
+    F = jitad.trace(prog, x0)
+    R = jitad.trace(prog, x0, retrace="raise")
+    T = jitad.value_and_grad(prog)
+    home = prog.signature(x0)
+    for x in xs:
+        value, grad = eager_value_and_grad(prog, x)
+        got = F.value_and_grad(x)
+        assert got[0] == value
+        np.testing.assert_array_equal(got[1], grad)  # replay == recording again
+        got = T(x)
+        assert got[0] == value
+        np.testing.assert_array_equal(got[1], grad)
+        if prog.signature(x) == home:
+            np.testing.assert_array_equal(R.grad(x), grad)
+        else:
+            with pytest.raises(jitad.BranchChanged):
+                R.grad(x)
+        f = lambda z: float(prog.reference(z)[0])
+        ref, err = fd_gradient(f, x, h0=1e-4)
+        if trustworthy(err, ref) and well_conditioned(prog, x, margin=1e-2) is not None:
+            close(grad, ref, FD_RTOL, err, "grad vs differences")
+            note("branchy grad checked against differences")
+        hv_ref, hv_err = fd_gradient(lambda t, x=x: F.grad(x + t[0] * v), [0.0], h0=1e-4)
+        if trustworthy(hv_err, hv_ref, 1e-4) and well_conditioned(prog, x, margin=1e-2) is not None:
+            close(F.hvp(x, v), hv_ref[:, 0], 1e-5, hv_err[:, 0], "branchy hvp")
+    # A batch spanning several branches: each point evaluated with its own branch's tape.
+    X = np.array(xs)
+    expected = np.array([eager_value_and_grad(prog, x)[1] for x in xs])
+    np.testing.assert_array_equal(F.grad_batch(X), expected)
+    np.testing.assert_array_equal(jitad.trace(prog, x0).grad_batch(X), expected)
+    if len({prog.signature(x) for x in xs}) > 1:
+        note("batch spans several branches")
+
+
+@FEW
+@given(st.data())
+def test_branchy_programs_match_torch(torch, data):
+    prog = data.draw(branchy_programs(), label="program")
+    n = prog.n_inputs
+    x0 = data.draw(points(n), label="x0")
+    xs = data.draw(st.lists(points(n), min_size=1, max_size=4), label="points")
+    assume(fair_for_torch(prog, x0, *xs))
+    for z in (x0, *xs):
+        assume(well_conditioned(prog, z, margin=1e-9, bound=1e100) is not None)
+    F = jitad.trace(prog, x0)
+    for x in xs:
+        expected = as_array(torch_grad(torch, prog, x)[1])
+        assume(np.all(np.isfinite(expected)))
+        close(F.grad(x), expected, TORCH_RTOL, None, "branchy grad vs torch")
+    X = np.array(xs)
+    close(F.grad_batch(X), [as_array(torch_grad(torch, prog, x)[1]) for x in xs], TORCH_RTOL, None, "batch")
 
 
 # --- shrunk failing cases -------------------------------------------------------------------
