@@ -519,6 +519,40 @@ def test_vector_programs_jacobian_matches_torch(torch, data):
     close(F.jacobian(x1), J, TORCH_RTOL, None, "jacobian")
 
 
+# --- parameters: inputs that change between replays and get no derivative ------------------
+
+
+@PROPERTY
+@given(st.data())
+def test_parameters_are_inputs_without_derivatives(data):
+    prog = data.draw(programs(n_inputs=st.integers(2, 4)), label="program")
+    k = data.draw(st.integers(1, prog.n_inputs - 1), label="parameters")
+    n = prog.n_inputs - k
+    x0, x1 = (data.draw(points(prog.n_inputs), label=label) for label in ("(x, p) recorded", "(x, p) replayed"))
+    v = data.draw(points(n, -1.0, 1.0), label="v")
+    rows = data.draw(batch_points(prog.n_inputs), label="batch of (x, p)")
+    for z in (x0, x1, *rows):
+        assume(well_conditioned(prog, z) is not None)
+
+    def f(x, p):
+        return prog(np.concatenate([x, p]))
+
+    F = jitad.trace(f, x0[:n], x0[n:])
+    full = jitad.trace(prog, x0)
+    value, grad = F.value_and_grad(x1[:n], x1[n:])
+    full_value, full_grad = full.value_and_grad(x1)
+    assert value == full_value
+    np.testing.assert_array_equal(grad, full_grad[:n])
+    H = full.hessian(x1)
+    close(F.hvp(x1[:n], v, x1[n:]), H[:n, :n] @ v, 1e-12, None, "hvp w.r.t. x only")
+    close(F.hessian(x1[:n], x1[n:]), H[:n, :n], 1e-12, None, "hessian w.r.t. x only")
+    # Per-point parameters in a batch, and shared ones.
+    G = F.grad_batch(rows[:, :n], rows[:, n:])
+    np.testing.assert_array_equal(G, full.grad_batch(rows)[:, :n])
+    shared = F.grad_batch(rows[:, :n], x1[n:])
+    np.testing.assert_array_equal(shared, [F.grad(r[:n], x1[n:]) for r in rows])
+
+
 # --- programs with Python control flow: guards, re-recording --------------------------------
 
 

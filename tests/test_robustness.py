@@ -757,6 +757,42 @@ def test_reading_another_threads_tape_does_not_break_its_recording():
     assert "owner error" not in box, f"the owner's recording failed after {reads} reads: {box['owner error']!r}"
 
 
+def test_a_reset_from_another_thread_leaves_the_owner_recording_usable():
+    # The owner thread keeps recording after another thread resets its tape. Either the reset
+    # is refused in the other thread, or the owner's next Values land on the emptied tape;
+    # never a just-recorded Value that reports "tape that was reset".
+    box = {}
+    entered = threading.Event()
+    reset_done = threading.Event()
+
+    def owner():
+        try:
+            with jitad.Tape() as tape:
+                box["tape"] = tape
+                Value(2.0)
+                entered.set()
+                reset_done.wait()
+                x = Value(3.0)
+                y = x * 2.0
+                y.backward()
+                box["result"] = (x.grad, len(tape))
+        except Exception as e:  # noqa: BLE001 - reported below
+            box["error"] = e
+
+    worker = threading.Thread(target=owner)
+    worker.start()
+    entered.wait()
+    try:
+        box["tape"].reset()
+        refused = False
+    except RuntimeError:
+        refused = True
+    reset_done.set()
+    worker.join()
+    assert "error" not in box, f"the owner's recording broke after a reset from another thread: {box['error']!r}"
+    assert box["result"] == (2.0, 4 if refused else 2)
+
+
 # --- NaN debugging --------------------------------------------------------------------------
 
 
