@@ -499,15 +499,18 @@ def test_load_refuses_what_is_not_a_tape(tmp_path):
 
 @pytest.mark.parametrize("action", ["load", "save"])
 def test_load_and_save_do_not_close_a_file_descriptor_given_as_path(tmp_path, action):
-    # open(int) adopts a file descriptor and closes it: load(3) would close the caller's fd 3
-    # (a socket, a log file, stdin for 0). NumPy's own load/save refuse ints.
+    # open(int) adopts a file descriptor and closes it: load(3) closed the caller's fd 3 (a
+    # socket, a log file; stdin for 0). Refusing ints (as NumPy's load and save do) or
+    # leaving the descriptor open are both fine.
     fd = os.open(tmp_path / "fd.npz", os.O_RDWR | os.O_CREAT)
     try:
-        with pytest.raises(TypeError):
+        try:
             if action == "load":
                 jitad.load(fd)
             else:
                 jitad.trace(rosen, X0).save(fd)
+        except (TypeError, jitad.InvalidTape):
+            pass
         os.fstat(fd)  # still open
     finally:
         try:
@@ -1123,12 +1126,19 @@ def test_threads_share_transforms_with_parameters():
 
 
 def _rss():
-    """Resident memory of this process in bytes (Linux), or None."""
+    """Resident memory of this process in bytes: the current size where /proc tells it
+    (Linux), else the peak from getrusage (then a growth is only seen past the old peak)."""
     try:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
+        pass
+    try:
+        import resource
+    except ImportError:
         return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 @pytest.mark.slow
