@@ -482,6 +482,25 @@ def test_deep_chains_match_torch(torch, data):
 
 @FEW
 @given(st.data())
+def test_wide_inputs_match_torch(torch, data):
+    # Far from 0: the overflow-safe branches of sigmoid and softplus, saturated tanh,
+    # large arguments of sin and cos.
+    prog = data.draw(programs(), label="program")
+    n = prog.n_inputs
+    wide = st.one_of(st.floats(-60.0, 60.0), st.floats(-1e6, 1e6))
+    grid = st.lists(wide, min_size=n, max_size=n).map(np.array)
+    check_against_torch(
+        torch,
+        prog,
+        data.draw(grid, label="x0"),
+        data.draw(grid, label="x1"),
+        data.draw(points(n, -1.0, 1.0), label="v"),
+        data.draw(st.lists(grid, min_size=1, max_size=3).map(np.array), label="X"),
+    )
+
+
+@FEW
+@given(st.data())
 def test_kinks_and_ties_match_torch(torch, data):
     # Inputs drawn from a few values, so ties (maximum(x, x), x == y) and zeros of relu/abs
     # are common: PyTorch's conventions there are jitad's.
