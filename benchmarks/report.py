@@ -388,6 +388,17 @@ def _section4(w, table, lat):
             f"{_ns(ct, c['ops'] if _ok(c) else None)} | {fmt_x(jt / ct) if jt and ct else '—'} |"
         )
     w("")
+    parts = []
+    for wl in ("rosen1k", "mlp"):
+        j = _cell(table, "jitad_replay", wl)
+        c = _cell(table, "casadi", wl)
+        if _ok(j) and _ok(c) and j["ops"] and c["ops"]:
+            jn = j["median_s"] / j["ops"] * 1e9
+            cn = c["median_s"] / c["ops"] * 1e9
+            verdict = "met" if jn <= cn else "**not met**"
+            parts.append(f"{j['workload_label']}: jitad {jn:.1f} ns/op vs CasADi {cn:.1f} ns/op ({verdict})")
+    if parts:
+        w("Target *no slower per op than CasADi*: " + "; ".join(parts) + ".\n")
     if lat:
         w(
             "**Call latency on the 23-op seed graph** (same point every call; mean per call of a timed loop, "
@@ -445,6 +456,18 @@ def _section5(w, sweep, table):
             w(f"| {n} | {ops} | " + " | ".join(cells) + " |")
         w("")
     if table:
+        j = _cell(table, "jitad_replay", "rosen1k")
+        parts = []
+        for key, name in (("jax_scalar", "JAX scalar-code jit"), ("jax_vec", "JAX vectorized jit"), ("casadi", "CasADi")):
+            o = _cell(table, key, "rosen1k")
+            if _ok(j) and _ok(o):
+                parts.append(f"{name} {fmt_t(o['first_s'])} ({o['first_s'] / j['first_s']:.0f}× jitad)")
+        if parts:
+            w(
+                f"On Rosenbrock n=1000 jitad's first gradient (trace + replay) takes {fmt_t(j['first_s'])}; "
+                + ", ".join(parts)
+                + ".\n"
+            )
         w("First gradient on the main-table workloads (from the main table):\n")
         keys = ["jitad_replay", "casadi", "jax_scalar", "jax_vec", "numba"]
         w("| workload | " + " | ".join(keys) + " |")
