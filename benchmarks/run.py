@@ -656,7 +656,7 @@ def import_probes(quick):
 # --- plots -----------------------------------------------------------------------------------------
 
 
-def plots(rows, sweep, batch):
+def plots(rows, sweep, batch, out=HERE):
     try:
         import matplotlib
 
@@ -681,7 +681,7 @@ def plots(rows, sweep, batch):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(HERE / "time_vs_ops.png", dpi=110)
+    fig.savefig(out / "time_vs_ops.png", dpi=110)
     plt.close(fig)
     files.append("time_vs_ops.png")
 
@@ -696,7 +696,7 @@ def plots(rows, sweep, batch):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(HERE / "first_call.png", dpi=110)
+    fig.savefig(out / "first_call.png", dpi=110)
     plt.close(fig)
     files.append("first_call.png")
 
@@ -713,7 +713,7 @@ def plots(rows, sweep, batch):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(HERE / "batch_throughput.png", dpi=110)
+        fig.savefig(out / "batch_throughput.png", dpi=110)
         plt.close(fig)
         files.append("batch_throughput.png")
     return files
@@ -750,7 +750,7 @@ def smoke():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smallest sizes, 1 sample per cell")
-    ap.add_argument("--out", default=str(HERE), help="directory for RESULTS.md, results.json, plots")
+    ap.add_argument("--out", default=str(HERE), help="directory for RESULTS.md, results.json and the plots")
     ap.add_argument(
         "--skip", default="", help="comma-separated sections to skip: sweep,table,latency,batch,second,memory,import"
     )
@@ -801,7 +801,7 @@ def main(argv=None):
         pass
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results["plots"] = plots(rows, results.get("sweep", []), results.get("batch", {})) if out == HERE else []
+    results["plots"] = plots(rows, results.get("sweep", []), results.get("batch", {}), out)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "RESULTS.md").write_text(write_report(results))
     log(f"wrote {out / 'RESULTS.md'} in {results['total_s']:.0f} s")
