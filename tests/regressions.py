@@ -51,4 +51,24 @@ REGRESSIONS = [
         [0.5, -1.0],
         [[0.2, 0.2], [-1.0, 1.5]],
     ),
+    # Found at JITAD_EXAMPLES_SCALE=10: pow with an exponent of exactly 0 (hvp). jitad was
+    # right; PyTorch's double backward drops d2/db de there (see torch_pow_quirk), so the
+    # torch reference skips the second-order check at such points.
+    Case(
+        "pow_with_a_zero_exponent",
+        ScalarProgram(
+            2,
+            [
+                Node("neg", (0,), "tanh", 0.0),
+                Node("pow", (1, 0), "tanh", 0.0),
+                Node("add", (0, 0), "tanh", 0.0),
+                Node("add", (4, 2), "tanh", 0.0),
+                Node("add", (5, 3), "tanh", 0.0),
+            ],
+        ),
+        [0.0, 0.0],
+        [0.0, 0.0],
+        [0.0, 1.0],
+        [[0.0, 0.0]],
+    ),
 ]
