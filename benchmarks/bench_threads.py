@@ -33,10 +33,10 @@ def rosen(x):
     return sum(100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2 for i in range(len(x) - 1))
 
 
-def wall_time(F, points, n_threads):
-    """Seconds for ``n_threads`` threads to compute F.grad at all ``points`` (split evenly),
-    from the moment all threads are released until the last one finishes."""
-    shares = np.array_split(np.arange(len(points)), n_threads)
+def split_run(n_threads, items, call):
+    """Seconds for ``n_threads`` threads to run ``call(item)`` for all ``items`` (split
+    evenly), from the moment all threads are released until the last one finishes."""
+    shares = np.array_split(np.arange(len(items)), n_threads)
     barrier = threading.Barrier(n_threads + 1)
     errors = []
 
@@ -44,7 +44,7 @@ def wall_time(F, points, n_threads):
         try:
             barrier.wait()
             for k in rows:
-                F.grad(points[k])
+                call(items[k])
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -61,7 +61,19 @@ def wall_time(F, points, n_threads):
     return elapsed
 
 
+@numba.njit(nogil=True)
+def _spin(n):
+    s = 0.0
+    for i in range(n):
+        s += math.sin(i * 1e-6)
+    return s
+
+
 def measure(n, calls, repeats=REPEATS):
+    """Seconds per thread count for F.grad at ``calls`` points, and for the control: a Numba
+    loop that never holds the GIL nor touches memory, sized like one call, split the same
+    way. Both take turns within each repetition, so the control shows how much of a second
+    core was free while the workload ran."""
     rng = np.random.default_rng(0)
     F = jitad.trace(rosen, rng.normal(size=n))
     points = [rng.normal(size=n) for _ in range(calls)]
@@ -72,57 +84,36 @@ def measure(n, calls, repeats=REPEATS):
     t.start()
     t.join()
     assert all(np.array_equal(a, b) for a, b in zip(serial, box["g"]))
-    row = {"what": f"Rosenbrock, n = {n:,}", "entries": f"{len(F.tape):,}", "calls": calls}
-    row.update(interleaved(lambda k: wall_time(F, points, k), lambda k: wall_time(F, points[: max(k, calls // 10)], k)))
-    return row
 
+    one_call = time.perf_counter()
+    for x in points[: min(calls, 20)]:
+        F.grad(x)
+    one_call = (time.perf_counter() - one_call) / min(calls, 20)
+    _spin(1)
+    steps = 1000
+    while True:  # the control's call takes as long as one gradient
+        t = time.perf_counter()
+        _spin(steps)
+        if time.perf_counter() - t > one_call or steps > 10**9:
+            break
+        steps *= 2
+    spins = [steps] * calls
 
-def interleaved(timed, warm_up, repeats=REPEATS):
-    """Median, min and max seconds of ``timed(k)`` per thread count k; the thread counts take
-    turns within each repetition, so a change of the machine's load hits them alike."""
-    for k in THREADS:
-        warm_up(k)  # per-thread buffers, caches
-    times = {k: [] for k in THREADS}
+    for k in THREADS:  # warm-up: per-thread buffers, caches
+        split_run(k, points[: max(k, calls // 10)], F.grad)
+    times = {(what, k): [] for what in ("grad", "control") for k in THREADS}
     for _ in range(repeats):
         for k in THREADS:
-            times[k].append(timed(k))
-    return {k: (statistics.median(v), min(v), max(v)) for k, v in times.items()}
-
-
-@numba.njit(nogil=True)
-def _spin(n):
-    s = 0.0
-    for i in range(n):
-        s += math.sin(i * 1e-6)
-    return s
-
-
-def control(calls=40, steps=2_000_000):
-    """The machine's ceiling right now: the same split of work for a Numba loop that holds
-    no GIL and touches no memory (sin of a counter)."""
-    _spin(1)
-
-    def run(k, count=calls):
-        shares = np.array_split(np.arange(count), k)
-        barrier = threading.Barrier(k + 1)
-
-        def work(rows):
-            barrier.wait()
-            for _ in rows:
-                _spin(steps)
-
-        threads = [threading.Thread(target=work, args=(rows,)) for rows in shares]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        start = time.perf_counter()
-        for t in threads:
-            t.join()
-        return time.perf_counter() - start
-
-    row = {"what": "control: a nogil Numba loop, no memory traffic", "entries": "–", "calls": calls}
-    row.update(interleaved(run, lambda k: run(k, k)))
+            times["grad", k].append(split_run(k, points, F.grad))
+            times["control", k].append(split_run(k, spins, _spin))
+    row = {"n": n, "entries": len(F.tape), "calls": calls}
+    for key, v in times.items():
+        row[key] = (statistics.median(v), min(v), max(v))
     return row
+
+
+def speedup(row, what):
+    return row[what, 1][0] / row[what, 2][0]
 
 
 def cpu_name():
@@ -153,15 +144,13 @@ def main():
     started = datetime.datetime.now()
     load_before = load_average()
     jitad.trace(rosen, np.ones(3)).grad(np.ones(3))  # compile the kernels outside the timings
-    rows = [control()]
+    rows = []
     for n, calls in SIZES:
-        rows.append(measure(n, calls))
-    rows.append(control())
-    for row in rows:
+        row = measure(n, calls)
+        rows.append(row)
         print(
-            f"{row['what']:<48} "
-            + " ".join(f"{k} thread(s): {row[k][0] * 1e3:8.1f} ms" for k in THREADS)
-            + f"  speed-up {row[1][0] / row[2][0]:.2f}x",
+            f"n = {n:>7,}: grad {row['grad', 1][0] * 1e3:7.1f} / {row['grad', 2][0] * 1e3:7.1f} ms "
+            f"(speed-up {speedup(row, 'grad'):.2f}x), control speed-up {speedup(row, 'control'):.2f}x",
             flush=True,
         )
     load_after = load_average()
@@ -187,15 +176,19 @@ def main():
             "`python -m benchmarks.bench_threads` reproduces it."
         ),
         "",
-        "| workload | tape entries | calls | 1 thread: s | 2 threads: s | speed-up | µs per call, 1 / 2 threads |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        (
+            "| variables | tape entries | calls | 1 thread: s | 2 threads: s | speed-up "
+            "| µs per gradient, 1 / 2 threads | control speed-up |"
+        ),
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        one, two = row[1], row[2]
+        one, two = row["grad", 1], row["grad", 2]
         lines.append(
-            f"| {row['what']} | {row['entries']} | {row['calls']:,} "
+            f"| {row['n']:,} | {row['entries']:,} | {row['calls']:,} "
             f"| {one[0]:.3f} ({one[1]:.3f}–{one[2]:.3f}) | {two[0]:.3f} ({two[1]:.3f}–{two[2]:.3f}) "
-            f"| {one[0] / two[0]:.2f}x | {one[0] / row['calls'] * 1e6:,.1f} / {two[0] / row['calls'] * 1e6:,.1f} |"
+            f"| **{speedup(row, 'grad'):.2f}x** | {one[0] / row['calls'] * 1e6:,.1f} / {two[0] / row['calls'] * 1e6:,.1f} "
+            f"| {speedup(row, 'control'):.2f}x |"
         )
     lines += [
         "",
