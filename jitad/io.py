@@ -34,6 +34,7 @@ def save(F, path):
     archive of plain arrays: no pickle, so loading it cannot run code. The Python function
     is not saved: the loaded TapeFunction replays, but cannot re-record on a branch change.
     The file is written at ``path`` exactly (no ``.npz`` suffix is added)."""
+    _check_path(path)
     arrays = to_arrays(F)
     if hasattr(path, "write"):
         np.savez(path, **arrays)
@@ -48,10 +49,17 @@ def load(path):
     Raises ``InvalidTape`` (a ``ValueError``) naming the problem when the file is not such
     an archive or any array in it is inconsistent; ``OSError`` when it cannot be opened.
     """
+    _check_path(path)
     if hasattr(path, "read"):
         return from_arrays(_read_archive(path), _FROM_FILE)
     with open(path, "rb") as fh:
         return from_arrays(_read_archive(fh), _FROM_FILE)
+
+
+def _check_path(path):
+    # open(3) would adopt, and then close, the caller's file descriptor 3.
+    if isinstance(path, (int, np.integer)) and not isinstance(path, bool) or isinstance(path, bool):
+        raise TypeError(f"a path or a file object is needed, got {type(path).__name__} {path!r}")
 
 
 def _read_archive(fh):

@@ -43,9 +43,14 @@ class _Recorder:
         self.lines = {} if debug.enabled() else None  # entry -> source line, in debug mode
         self.thread = threading.get_ident()
 
-    def entries(self):
-        """A structured zero-copy view of the entries; drop it before recording more."""
-        return np.frombuffer(self.buf, dtype=ENTRY, count=self.n)
+    def entries(self, count=None):
+        """The first ``count`` entries (all by default) as a structured array: a zero-copy
+        view in the recording thread (drop it before recording more), a copy in any other,
+        so that reading a tape never stops its owner from appending."""
+        count = self.n if count is None else count
+        if self.thread == threading.get_ident():
+            return np.frombuffer(self.buf, dtype=ENTRY, count=count)
+        return np.frombuffer(self.buf[: count * ENTRY.itemsize], dtype=ENTRY, count=count)
 
     def accumulate_grad(self, adj):
         n = adj.shape[0]
@@ -84,6 +89,8 @@ class Tape:
 
     def reset(self):
         """Remove every entry. Values recorded so far become stale."""
+        if self._rec.thread != threading.get_ident():
+            raise RuntimeError("reset a tape in the thread that records on it")
         self._rec.alive = False
         self._rec = _Recorder(self)
         if _state.tape is self:
@@ -139,8 +146,11 @@ _state = _State()
 
 
 def _activate(tape):
+    rec = tape._rec
+    if debug.enabled() != (rec.lines is not None):  # debug_nans was switched since it last recorded
+        rec.lines = {} if debug.enabled() else None
     _state.tape = tape
-    _state.rec = tape._rec
+    _state.rec = rec
 
 
 def active():

@@ -387,6 +387,11 @@ class TapeFunction:
                 raise ValueError(f"parameter {k} has shape {p.shape}; expected {s} (shared) or {(K,) + s} (per point)")
         return np.ascontiguousarray(np.concatenate(rows, axis=1)), True
 
+    def _debug_batch(self, X, args, per_point):
+        """In debug mode, replay point by point so the first NaN/inf is named."""
+        for k in range(X.shape[0]):
+            self._run(X[k], _point_args(args, self._param_shapes, k) if per_point else args)
+
     def _batched(self, X, args, want_grad, block):
         X = np.asarray(X, dtype=np.float64) if not isinstance(X, np.ndarray) else X
         if X.ndim != 2 or X.shape[1] != self._n or X.dtype.kind not in "biuf":
@@ -394,6 +399,8 @@ class TapeFunction:
         X = np.ascontiguousarray(X, dtype=np.float64)
         K = X.shape[0]
         P, per_point = self._batch_params(args, K)
+        if debug.enabled():
+            self._debug_batch(X, args, per_point)
         m = self.tape.outputs.size
         values = np.empty((K, m))
         grads = np.empty((K, self._n)) if want_grad else np.empty((0, 0))

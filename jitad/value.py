@@ -50,14 +50,12 @@ def _record(t, code, x, y, a, b, c, formula=None):
     except (ArithmeticError, ValueError):
         v, dx, dy, _, _, _ = _ieee(code, x, y)
     i = t.n
+    if i >= MAX_ENTRIES:
+        raise _cannot_append(i, None)
     try:
         t.buf += PACK(c, v, dx, dy, a, b, code)
-    except BufferError:
-        raise RuntimeError("cannot record while a view of the tape's entries is alive") from None
-    except MemoryError:
-        raise MemoryError(
-            f"out of memory recording entry {i} of a tape ({i * 48 / 2**30:.2f} GiB of entries)"
-        ) from None
+    except (BufferError, MemoryError) as e:
+        raise _cannot_append(i, e) from None
     t.n = i + 1
     if t.lines is not None:
         debug.check_entry(t, i, code, x, y, v)
@@ -66,6 +64,24 @@ def _record(t, code, x, y, a, b, c, formula=None):
     out._i = i
     out._t = t
     return out
+
+
+def _real(x, what):
+    """x as a float, for numbers only: no strings, bools, complex numbers or Values."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        if isinstance(x, (complex, np.complexfloating)):
+            raise TypeError(f"jitad differentiates real numbers; {what} got the complex number {x!r}")
+        raise TypeError(f"{what} needs a real number, got {type(x).__name__} {x!r}")
+    return float(x)
+
+
+def _cannot_append(i, error):
+    """The exception for a failed append of entry i (None: the tape is full)."""
+    if error is None:
+        return OverflowError(f"a tape holds at most {MAX_ENTRIES} entries (operand indices are int32)")
+    if isinstance(error, MemoryError):
+        return MemoryError(f"out of memory recording entry {i} of a tape ({i} entries, {i * 48 / 2**30:.2f} GiB)")
+    return RuntimeError("cannot record while a view of the tape's entries is alive")
 
 
 def _constant(other):
@@ -149,16 +165,15 @@ class Value:
         if type(data) is not float:
             if isinstance(data, Value):
                 raise TypeError("Value(v) of a Value: use v itself (or v + 0 for a new entry)")
-            if isinstance(data, bool) or not isinstance(data, (int, float, np.integer, np.floating)):
-                if isinstance(data, (complex, np.complexfloating)):
-                    raise TypeError(f"jitad differentiates real numbers; got the complex number {data!r}")
-                raise TypeError(f"Value needs a real number, got {type(data).__name__} {data!r}")
-            data = float(data)
+            data = _real(data, "Value")
         t = _state.rec
         i = t.n
         if i >= MAX_ENTRIES:
-            raise OverflowError(f"a tape holds at most {MAX_ENTRIES} entries")
-        t.buf += PACK(0.0, data, 0.0, 0.0, -1, -1, ops.LEAF)
+            raise _cannot_append(i, None)
+        try:
+            t.buf += PACK(0.0, data, 0.0, 0.0, -1, -1, ops.LEAF)
+        except (BufferError, MemoryError) as e:
+            raise _cannot_append(i, e) from None
         t.n = i + 1
         self._data = data
         self._i = i
@@ -185,9 +200,10 @@ class Value:
         t = self._t
         if not t.alive:
             raise StaleValueError(f"{self!r} is from a tape that was reset")
+        value = _real(value, ".grad")
         if t.grad is None or t.grad.shape[0] <= self._i:
             t.accumulate_grad(np.zeros(t.n))
-        t.grad[self._i] = float(value)
+        t.grad[self._i] = value
 
     @property
     def tape(self):
@@ -219,7 +235,7 @@ class Value:
         """Accumulate d(self)/d(w) * gradient into ``w.grad`` for every Value w recorded
         before self (PyTorch semantics: repeated calls add up; zero with ``tape.zero_grad()``
         or ``w.grad = 0``)."""
-        adj = _adjoints(self, float(gradient))
+        adj = _adjoints(self, _real(gradient, "the gradient seed of backward"))
         self._t.accumulate_grad(adj)
 
     # arithmetic ---------------------------------------------------------------------------
@@ -334,7 +350,7 @@ def _adjoints(y, seed=1.0):
     n = y._i + 1
     adj = np.zeros(n)
     adj[y._i] = seed
-    e = t.entries()[:n]
+    e = t.entries(n)
     try:
         kernels.backward(e["a"], e["b"], e["da"], e["db"], adj, y._i)
     finally:
