@@ -118,7 +118,25 @@ def write_report(res):
         w("## Plots\n")
         for p in res["plots"]:
             w(f"![{p}]({p})\n")
+    _separate_scripts(w)
     return "\n".join(out) + "\n"
+
+
+def _separate_scripts(w):
+    """The tables that their own scripts measured and wrote (RESULTS_*.md), included as they are."""
+    from pathlib import Path
+
+    parts = sorted(Path(__file__).parent.glob("RESULTS_*.md"))
+    if not parts:
+        return
+    w("## Measured by separate scripts\n")
+    w(
+        "Each table below was written by its own script (`python -m benchmarks.<name>`), in its own run; "
+        "its machine, date and load are in the table's text.\n"
+    )
+    for path in parts:
+        w(f"<!-- {path.name} -->")
+        w(path.read_text().replace("\n# ", "\n### ").replace("\n## ", "\n### "))
 
 
 def _method(w):
