@@ -198,9 +198,15 @@ def main():
             "it (`nogil=True`). The bigger the tape, the larger the share of each call spent "
             "without the GIL, and the closer two threads come to twice the throughput of one, "
             "as long as two cores are free: on a shared machine the load average above says how "
-            "much of the second core other processes took. The control rows (first and last) are "
-            "the ceiling at that moment: a loop that never holds the GIL and touches no memory, "
-            "split the same way. A jitad speed-up near the control's means the GIL is not the limit."
+            "much of the second core other processes took. The last column is the ceiling at the "
+            "same moments: a Numba loop that never holds the GIL nor touches memory, each call as "
+            "long as one gradient, split the same way and timed in turn with the gradients. A "
+            "jitad speed-up near the control's means neither the GIL nor jitad is the limit; a "
+            "control near 1.00x means no second core was free, and the row says nothing about "
+            "scaling (the fastest 2-thread run, in parentheses, shows what a free moment gave). "
+            "On a small tape a gradient costs a few µs, mostly Python work under the GIL: two "
+            "threads then hand the GIL back and forth and can be slower than one; for many "
+            "points of a small function, `F.grad_batch` is the parallel path."
         ),
         "",
     ]
