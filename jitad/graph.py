@@ -5,6 +5,7 @@ it never recurses; past ``max_nodes`` entries the oldest ones collapse into one 
 """
 
 import shutil
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def to_dot(y, max_nodes=200, labels=None):
     if not t.alive:
         raise StaleValueError(f"{y!r} is from a tape that was reset; its graph is gone")
     names = _names(t, labels)
-    e = t.entries()[: y._i + 1]
+    e = t.entries(y._i + 1)
     try:
         ancestors = _ancestors(e["a"].tolist(), e["b"].tolist(), y._i)
         kept = np.array(ancestors[: int(max_nodes)][::-1], dtype=np.int64)
@@ -121,6 +122,8 @@ def _ancestors(a, b, out):
 
 
 def _names(t, labels):
+    if labels is not None and not isinstance(labels, Mapping):
+        raise TypeError(f"labels must map names to Values, got {type(labels).__name__}")
     names = {}
     for name, v in (labels or {}).items():
         if not isinstance(v, Value):

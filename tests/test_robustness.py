@@ -281,11 +281,6 @@ def test_to_dot_refuses_bad_arguments(tape):
     assert "digraph" in jitad.to_dot(y, labels={"x": x})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jitad bug: to_dot(y, labels=3) raises AttributeError ('int' object has no attribute 'items') "
-    "from graph._names instead of a TypeError naming labels",
-)
 def test_to_dot_refuses_labels_that_are_not_a_mapping(tape):
     y = Value(2.0) * 2
     with pytest.raises(TypeError, match="labels"):
