@@ -287,33 +287,24 @@ def batch_block(op, a, b, c, value, inputs, params, outputs, X, P, lo, want_grad
                 grads[lo + l, k] = ADJ[inputs[k], l] if inputs[k] <= out else 0.0
 
 
+@kernel
+def batch_share(op, a, b, c, value, inputs, params, outputs, X, P, block, w, workers, want_grad, values, grads, failed):
+    """Worker w's share of ``batch``: every workers-th block of ``block`` points, in one
+    scratch allocation (fresh pages per block cost more than the sweep)."""
+    nblocks = (X.shape[0] + block - 1) // block
+    scratch = np.empty((4, op.shape[0], block))
+    for blk in range(w, nblocks, workers):
+        batch_block(
+            op, a, b, c, value, inputs, params, outputs, X, P, blk * block, want_grad, values, grads, failed, scratch
+        )
+
+
 @kernel(parallel=True)
 def batch(op, a, b, c, value, inputs, params, outputs, X, P, block, workers, want_grad, values, grads, failed):
     """Evaluate K points X (K x n) with parameters P (K x p; one row when shared):
     values[k, j] of each output, grads[k] of output 0 when want_grad, failed[k] the first
-    failed guard of point k or -1. Each of ``workers`` threads takes every workers-th block
-    of ``block`` points, reusing one scratch allocation (fresh pages per block cost more
-    than the sweep)."""
-    K = X.shape[0]
-    nblocks = (K + block - 1) // block
+    failed guard of point k or -1; ``workers`` threads share the blocks."""
     for w in numba.prange(workers):
-        scratch = np.empty((4, op.shape[0], block))
-        for blk in range(w, nblocks, workers):
-            batch_block(
-                op,
-                a,
-                b,
-                c,
-                value,
-                inputs,
-                params,
-                outputs,
-                X,
-                P,
-                blk * block,
-                want_grad,
-                values,
-                grads,
-                failed,
-                scratch,
-            )
+        batch_share(
+            op, a, b, c, value, inputs, params, outputs, X, P, block, w, workers, want_grad, values, grads, failed
+        )

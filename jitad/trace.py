@@ -428,12 +428,14 @@ class TapeFunction:
             v = np.empty((pending.size, m))
             g = np.empty((pending.size, self._n)) if want_grad else grads
             failed = np.empty(pending.size, dtype=np.int64)
-            with _parallel_launch():
-                kernels.batch(
-                    program.op, program.a, program.b, program.const, program.value, program.inputs, program.params,
-                    program.outputs, Xp, Pp, _block_size(block, len(program), pending.size),
-                    max(1, min(numba.get_num_threads(), pending.size)), want_grad, v, g, failed,
-                )  # fmt: skip
+            columns = (program.op, program.a, program.b, program.const, program.value, program.inputs, program.params)
+            size = _block_size(block, len(program), pending.size)
+            workers = _workers(len(program), pending.size, size)
+            if workers == 1:
+                kernels.batch_share(*columns, program.outputs, Xp, Pp, size, 0, 1, want_grad, v, g, failed)
+            else:
+                with _parallel_launch():
+                    kernels.batch(*columns, program.outputs, Xp, Pp, size, workers, want_grad, v, g, failed)
             ok = failed < 0
             values[pending[ok]] = v[ok]
             if want_grad:
@@ -501,6 +503,14 @@ def _parallel_launch():
     except ValueError:  # no parallel kernel has run yet
         layer = None
     return contextlib.nullcontext() if layer in ("omp", "tbb") else _WORKQUEUE_LOCK
+
+
+def _workers(n_entries, K, block):
+    """Threads for a batch: one unless there are several blocks and enough work to pay for
+    waking Numba's thread pool (milliseconds on a busy machine)."""
+    if K * n_entries < 2_000_000:
+        return 1
+    return max(1, min(numba.get_num_threads(), -(-K // block)))
 
 
 def _block_size(block, n_entries, K):
