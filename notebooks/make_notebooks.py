@@ -109,8 +109,6 @@ trust-ncg.
     code("""
 import time
 import numpy as np
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from scipy.optimize import minimize, rosen, rosen_der
 import jitad
@@ -190,8 +188,6 @@ batch is passed as parameters, so each step replays the tape in compiled code.
     code("""
 import time
 import numpy as np
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import jitad
 
@@ -291,8 +287,6 @@ pass over the tape, and blocks are spread over Numba's threads.
     code("""
 import time
 import numpy as np
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from scipy.optimize import rosen_der
 import jitad
