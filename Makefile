@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e ".[test,notebooks,dask]"
+	$(PIP) install -q -e ".[test,notebooks,dask,torch]"
 	# Graphviz's dot renders the graph pictures that the notebooks draw (Debian package).
 	command -v dot >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq graphviz >/dev/null; } \
 		|| echo "warning: could not install Graphviz (dot): jitad.draw will not render"
