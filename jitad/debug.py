@@ -38,8 +38,9 @@ def enabled():
     return _enabled
 
 
-def _site():
-    frame = sys._getframe(2)
+def caller_site():
+    """``file:line`` of the innermost frame outside jitad: the user's line that recorded."""
+    frame = sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__", "").startswith("jitad."):
         frame = frame.f_back
     return "unknown line" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
@@ -47,7 +48,7 @@ def _site():
 
 def check_entry(rec, i, code, x, y, v):
     """Note where entry i was recorded; raise if it made NaN/inf out of finite operands."""
-    site = rec.lines[i] = _site()
+    site = rec.lines[i] = caller_site()
     if not math.isfinite(v) and math.isfinite(x) and math.isfinite(y):
         raise FloatingPointError(
             f"{ops.NAMES[code]} at tape entry {i} gave {v} from finite operands ({x}, {y}); recorded at {site}"

@@ -5,7 +5,6 @@ Python raises instead of giving IEEE ``inf``/``nan`` (``math.log(0)``, ``1 / 0``
 same formula runs again on NumPy scalars, which give the IEEE result.
 """
 
-import sys
 import types
 import warnings
 
@@ -303,7 +302,7 @@ def _comparison(code, swap):
         outcome = 1.0 if cond._data != 0.0 else 0.0
         guard = _record(t, ops.GUARD, cond._data, outcome, cond._i, -1, outcome)
         if t.tracing:
-            t.sites[guard._i] = _caller_site()
+            t.sites[guard._i] = debug.caller_site()
         return outcome == 1.0
 
     return method
@@ -317,14 +316,6 @@ Value.__gt__ = _comparison(_C["lt"], True)  # a > b is b < a
 Value.__ge__ = _comparison(_C["le"], True)
 Value.__eq__ = _comparison(_C["eq"], False)
 Value.__ne__ = _comparison(_C["ne"], False)
-
-
-def _caller_site():
-    """``file:line`` of the innermost frame outside jitad: where a comparison was written."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("jitad."):
-        frame = frame.f_back
-    return "unknown line" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
 def _warn_unguarded(what):
