@@ -39,7 +39,7 @@ def records(src):
 
 
 def edges(src):
-    return re.findall(r"^  (\w+) -> (\w+)", src, flags=re.M)
+    return re.findall(r"^  (\w+) -> (\w+)", src, flags=re.MULTILINE)
 
 
 def test_seed_graph_nodes_and_edges():
@@ -162,7 +162,7 @@ def test_special_characters_are_escaped():
 def test_draw_renders_svg():
     pytest.importorskip("graphviz")
     with jitad.Tape():
-        a, b, g = micrograd_example()
+        a, _, g = micrograd_example()
         g.backward()
         picture = draw(g, labels={"a": a})
     svg = picture.pipe(format="svg").decode()

@@ -36,7 +36,9 @@ def test_committed_notebooks_match_the_generator():
 
 def _pictures(nb):
     kinds = ("image/svg+xml", "image/png")
-    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if any(k in o.get("data", {}) for k in kinds)]
+    return [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if any(k in o.get("data", {}) for k in kinds)
+    ]
 
 
 @pytest.mark.slow
