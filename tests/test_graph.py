@@ -116,9 +116,9 @@ def test_node_limit_on_a_long_chain_is_fast():
 def test_deep_chain_has_no_recursion_limit():
     with jitad.Tape():
         y = Value(1.0)
-        for _ in range(3 * sys.getrecursionlimit()):
+        for _ in range(30_000):  # far past Python's default recursion limit (1000)
             y = y.sin()
-        assert len(records(to_dot(y, max_nodes=10**6))) == y._i + 1
+        assert len(records(to_dot(y, max_nodes=10**5))) == y._i + 1
 
 
 def test_constants_params_guards_and_named_ops_are_labelled():
