@@ -14,8 +14,6 @@ from .tape import StaleValueError
 from .value import Value
 
 # Ops drawn as an infix symbol; the rest are drawn by name, as calls.
-_INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
-_COMMUTATIVE = frozenset(ops.CODE[k] for k in ("add", "mul", "maximum", "minimum", "hypot", "eq", "ne"))
 _SOURCE_STYLE = {ops.LEAF: "#dbeafe", ops.PARAM: "#e5e7eb"}  # fill colours of leaves, params
 
 _INSTALL = (
@@ -81,7 +79,7 @@ def to_dot(y, max_nodes=200, labels=None):
         )
         lines.append(f"  op{i} -> n{i};")
         operands = [int(r["a"])] if ops.OPS[code].arity == 1 else [int(r["a"]), int(r["b"])]
-        named = len(operands) == 2 and min(operands) >= 0 and code not in _COMMUTATIVE
+        named = len(operands) == 2 and min(operands) >= 0 and not ops.OPS[code].commutative
         seen = {}
         for side, j in zip("ab", operands):
             if j >= 0:
@@ -139,16 +137,14 @@ def _op_label(code, r):
     c = _number(r["c"], short=True)
     if code == ops.GUARD:
         return f"guard: {'true' if r['c'] != 0.0 else 'false'}"
-    if name == "powc":
-        return f"** {c}"
-    if ops.OPS[code].arity == 1:
-        return name
     a, b = int(r["a"]), int(r["b"])
-    if name in _INFIX:
-        sym = _INFIX[name]
-        if b < 0:
+    sym = ops.OPS[code].symbol
+    if sym is not None:
+        if b < 0:  # a constant second operand, or the exponent of powc
             return f"{sym} {c}"
         return f"{c} {sym}" if a < 0 else sym
+    if ops.OPS[code].arity == 1:
+        return name
     if b < 0:
         return f"{name}(·, {c})"
     return f"{name}({c}, ·)" if a < 0 else name

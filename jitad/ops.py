@@ -22,14 +22,16 @@ class Op(NamedTuple):
     name: str
     arity: int  # 0: a source (leaf, parameter); 1: unary; 2: binary
     formula: Callable | None
+    commutative: bool = False  # op(x, y) == op(y, x): lets CSE share both orders
+    symbol: str | None = None  # infix operator, for pictures of the graph
 
 
 OPS: list[Op] = []
 
 
-def _op(name, arity):
+def _op(name, arity, commutative=False, symbol=None):
     def register(formula):
-        OPS.append(Op(len(OPS), name, arity, formula))
+        OPS.append(Op(len(OPS), name, arity, formula, commutative, symbol))
         return formula
 
     return register
@@ -43,22 +45,22 @@ OPS.append(Op(1, "param", 0, None))
 # --- arithmetic -----------------------------------------------------------------------
 
 
-@_op("add", 2)
+@_op("add", 2, commutative=True, symbol="+")
 def add(x, y):
     return x + y, 1.0, 1.0, 0.0, 0.0, 0.0
 
 
-@_op("sub", 2)
+@_op("sub", 2, symbol="-")
 def sub(x, y):
     return x - y, 1.0, -1.0, 0.0, 0.0, 0.0
 
 
-@_op("mul", 2)
+@_op("mul", 2, commutative=True, symbol="*")
 def mul(x, y):
     return x * y, y, x, 0.0, 1.0, 0.0
 
 
-@_op("div", 2)
+@_op("div", 2, symbol="/")
 def div(x, y):
     v = x / y
     d = 1.0 / y
@@ -70,7 +72,7 @@ def neg(x, y):
     return -x, -1.0, 0.0, 0.0, 0.0, 0.0
 
 
-@_op("powc", 1)
+@_op("powc", 1, symbol="**")
 def powc(x, y):
     # x ** c with a constant exponent c (passed as y); PyTorch: d/dx x**0 = 0 everywhere.
     if y == 2.0:
@@ -85,7 +87,7 @@ def powc(x, y):
     return v, d, 0.0, y * (y - 1.0) * math.pow(x, y - 2.0), 0.0, 0.0
 
 
-@_op("pow", 2)
+@_op("pow", 2, symbol="**")
 def pow_(x, y):
     # x ** y with y recorded; like PyTorch, d/dy is 0 at x == 0 for y >= 0.
     v = math.pow(x, y)
@@ -221,7 +223,7 @@ def tanh(x, y):
     return v, d, 0.0, -2.0 * v * d, 0.0, 0.0
 
 
-@_op("hypot", 2)
+@_op("hypot", 2, commutative=True)
 def hypot(x, y):
     v = math.hypot(x, y)
     q = 1.0 / (v * v * v)
@@ -244,7 +246,7 @@ def abs_(x, y):
     return abs(x), d, 0.0, 0.0, 0.0, 0.0
 
 
-@_op("maximum", 2)
+@_op("maximum", 2, commutative=True)
 def maximum(x, y):
     # NaN propagates as in np.maximum; a tie splits the gradient evenly, as in PyTorch.
     if x > y:
@@ -256,7 +258,7 @@ def maximum(x, y):
     return nan, nan, nan, 0.0, 0.0, 0.0
 
 
-@_op("minimum", 2)
+@_op("minimum", 2, commutative=True)
 def minimum(x, y):
     if x < y:
         return x, 1.0, 0.0, 0.0, 0.0, 0.0
@@ -285,22 +287,22 @@ def where_false(x, y):
 # --- comparisons: 1.0 or 0.0, no derivative --------------------------------------------
 
 
-@_op("lt", 2)
+@_op("lt", 2, symbol="<")
 def lt(x, y):
     return 1.0 if x < y else 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
 
 
-@_op("le", 2)
+@_op("le", 2, symbol="<=")
 def le(x, y):
     return 1.0 if x <= y else 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
 
 
-@_op("eq", 2)
+@_op("eq", 2, commutative=True, symbol="==")
 def eq(x, y):
     return 1.0 if x == y else 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
 
 
-@_op("ne", 2)
+@_op("ne", 2, commutative=True, symbol="!=")
 def ne(x, y):
     return 1.0 if x != y else 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
 

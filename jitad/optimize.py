@@ -13,9 +13,7 @@ from numba.typed import Dict
 from . import ops
 from ._config import kernel
 
-_COMMUTATIVE = np.zeros(len(ops.OPS), dtype=np.bool_)
-for _name in ("add", "mul", "maximum", "minimum", "hypot", "eq", "ne"):
-    _COMMUTATIVE[ops.CODE[_name]] = True
+_COMMUTATIVE = np.array([op.commutative for op in ops.OPS], dtype=np.bool_)
 
 _KEY = types.UniTuple(types.int64, 4)
 

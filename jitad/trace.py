@@ -4,6 +4,7 @@ replays it in Numba at new points, re-recording when a guarded branch goes the o
 """
 
 import contextlib
+import itertools
 import threading
 from collections import OrderedDict
 
@@ -108,7 +109,8 @@ _NO_PARAMS = np.empty(0)
 def record(f, x, args):
     """Call f on input Values at x and parameter Values at args; return the Program."""
     x = _as_vector(x, None)
-    shapes = tuple(_real_array(arg, f"parameter {k}").shape for k, arg in enumerate(args))
+    arrays = [_real_array(arg, f"parameter {k}") for k, arg in enumerate(args)]
+    shapes = tuple(p.shape for p in arrays)
     with Tape() as tape:
         rec = tape._rec
         rec.tracing = True
@@ -118,8 +120,7 @@ def record(f, x, args):
                 xs[k] = Value(float(x[k]))
             first_param = len(tape)
             ps = []
-            for arg in args:
-                p = _real_array(arg, "parameter")
+            for p in arrays:
                 boxed = np.empty(p.shape, dtype=object)
                 flat = boxed.reshape(-1)
                 for k, v in enumerate(p.ravel()):
@@ -261,13 +262,12 @@ class TapeFunction:
 
     def _run(self, x, args):
         """Replay at (x, args): return (program, work) holding this point's values and
-        partials; try each branch's program, re-record when none matches."""
+        partials; try the last branch's program, then the others, re-record when none matches."""
         x = _as_vector(x, self._n)
         p = _flatten_params(args, self._param_shapes)
-        with self._lock:
-            candidates = list(reversed(self._programs.values()))
+        first = self._last
         failures = []
-        for program in candidates:
+        for program in itertools.chain((first,), self._other_programs(first)):
             w = self._work(program)
             failed = kernels.replay(
                 program.op, program.a, program.b, program.const, w.val, w.da, w.db, program.inputs, program.params, x, p
@@ -275,14 +275,20 @@ class TapeFunction:
             if failed < 0:
                 if debug.enabled():
                     debug.check_replay(program, w.val)
-                if program is not candidates[0]:
+                if program is not first:
                     with self._lock:
                         if id(program) in self._programs:
                             self._programs.move_to_end(id(program))
-                self._last = program
+                    self._last = program
                 return program, w
             failures.append((program, failed))
         return self._retrace_at(x, args, *failures[0])
+
+    def _other_programs(self, first):
+        # A generator: the lock is taken only when the last branch's program did not fit.
+        with self._lock:
+            others = [q for q in reversed(self._programs.values()) if q is not first]
+        yield from others
 
     def _retrace_at(self, x, args, program, failed):
         """Record f again at x, where ``failed`` is the first guard of ``program`` that failed."""
