@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .measure import cpu_name
+
 N = 100  # variables per point
 K = 100_000  # points
 CHUNK = 10_000  # points per task
@@ -33,16 +35,6 @@ def best(fn, repeats=REPEATS):
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
-
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main():

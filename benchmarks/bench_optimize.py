@@ -7,13 +7,14 @@ Run: ``python -m benchmarks.bench_optimize`` (writes benchmarks/RESULTS_optimize
 import datetime
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 
 import jitad
 from jitad.optimize import optimize
+
+from .measure import cpu_name, median_time
 
 
 def rosenbrock(x):
@@ -55,15 +56,6 @@ WORKLOADS = [
 ]
 
 
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def main():
     rows = []
     for name, f, n in WORKLOADS:
@@ -81,7 +73,7 @@ def main():
             f"{t_after * 1e6:.1f} | {breakeven} |"
         )
         print(rows[-1])
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "?")
+    cpu = cpu_name()
     text = "\n".join(
         [
             "## Tape optimization: break-even",

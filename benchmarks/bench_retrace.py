@@ -13,19 +13,12 @@ import numpy as np
 
 import jitad
 
+from .measure import cpu_name, median_time
+
 
 def branchy_rosenbrock(x):
     s = sum(100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2 for i in range(len(x) - 1))
     return s if x[0] > 0 else 2 * s
-
-
-def median(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def main():
@@ -35,7 +28,7 @@ def main():
         minus = -plus
         F = jitad.trace(branchy_rosenbrock, plus)
         F.grad(plus)
-        replay = median(lambda: F.grad(plus), 30)
+        replay = median_time(lambda: F.grad(plus), 30)
 
         def first_flip():
             G = jitad.trace(branchy_rosenbrock, plus)
@@ -46,13 +39,13 @@ def main():
 
         retrace = float(np.median([first_flip() for _ in range(5)]))
         F.grad(minus)  # both branches recorded now
-        flip = median(lambda: (F.grad(plus), F.grad(minus)), 30) / 2
+        flip = median_time(lambda: (F.grad(plus), F.grad(minus)), 30) / 2
         rows.append(
             f"| {n} | {len(F.tape):,} | {replay * 1e6:.1f} | {retrace * 1e3:.2f} | {retrace / replay:.0f}x | "
             f"{flip * 1e6:.1f} | {flip / replay:.1f}x |"
         )
         print(rows[-1])
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "?")
+    cpu = cpu_name()
     Path(__file__).with_name("RESULTS_retrace.md").write_text(
         "\n".join(
             [

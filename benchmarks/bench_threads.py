@@ -22,6 +22,8 @@ import numpy as np
 
 import jitad
 
+from .measure import cpu_name
+
 OUT = Path(__file__).with_name("RESULTS_threads.md")
 REPEATS = 7
 THREADS = (1, 2)
@@ -114,16 +116,6 @@ def measure(n, calls, repeats=REPEATS):
 
 def speedup(row, what):
     return row[what, 1][0] / row[what, 2][0]
-
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def threading_layer():

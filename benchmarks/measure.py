@@ -8,14 +8,36 @@ CasADi allocations, which are flagged).
 """
 
 import gc
+import platform
 import signal
 import time
 import tracemalloc
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
 from .adapters import Unavailable
+
+
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def median_time(fn, repeats):
+    """Median wall time of ``repeats`` calls of fn."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 class CellTimeout(Exception):

@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 
 from . import adapters as A  # noqa: E402
 from . import workloads as W  # noqa: E402
-from .measure import peak_memory, rel_error, run_cell, time_limit, timeit_loop  # noqa: E402
+from .measure import cpu_name, rel_error, run_cell, time_limit, timeit_loop  # noqa: E402
+from .report import fmt_b, fmt_t, write_report  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -40,52 +41,12 @@ EVAL_LIMIT_S = 5.0  # skip a cell whose predicted time per gradient is above thi
 # --- small helpers -------------------------------------------------------------------------
 
 
-def fmt_t(s):
-    if s is None:
-        return "—"
-    if s < 1e-6:
-        return f"{s * 1e9:.0f} ns"
-    if s < 1e-3:
-        return f"{s * 1e6:.1f} µs"
-    if s < 1:
-        return f"{s * 1e3:.2f} ms"
-    return f"{s:.2f} s"
-
-
-def fmt_x(v, digits=1):
-    if v is None or not np.isfinite(v):
-        return "—"
-    if v >= 100:
-        return f"{v:.0f}×"
-    return f"{v:.{digits}f}×"
-
-
-def fmt_b(b):
-    if b is None:
-        return "—"
-    if b >= 2**30:
-        return f"{b / 2**30:.2f} GiB"
-    if b >= 2**20:
-        return f"{b / 2**20:.1f} MiB"
-    if b >= 2**10:
-        return f"{b / 2**10:.1f} KiB"
-    return f"{b:.0f} B"
-
-
 def log(*args):
     print(*args, flush=True)
 
 
 def machine():
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_name()
     versions = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__}
     for mod in ("jitad", "torch", "jax", "jaxlib", "casadi", "autograd", "micrograd"):
         try:
@@ -95,7 +56,9 @@ def machine():
         except Exception:  # noqa: BLE001
             versions[mod] = "not installed"
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout
     except OSError:
         commit = ""
     try:
@@ -463,7 +426,9 @@ def second_order(quick):
         eps = 1e-6
         fd = (w.hand(x + eps * v, *w.hand_data)[1] - w.hand(x - eps * v, *w.hand_data)[1]) / (2 * eps)
         out["rows"].append(
-            dict(workload=w.label, ops=len(F.tape), grad_s=tg, hvp_s=th, ratio=th / tg, fd_err=rel_error(F.hvp(x, v), fd))
+            dict(
+                workload=w.label, ops=len(F.tape), grad_s=tg, hvp_s=th, ratio=th / tg, fd_err=rel_error(F.hvp(x, v), fd)
+            )
         )
     n = 100
     w = W.make_rosenbrock(n)
@@ -482,7 +447,12 @@ def second_order(quick):
         compile_s = time.perf_counter() - t0
         t = timeit_loop(lambda: np.asarray(hj(x)), min_time=0.2, repeat=3)[0]
         out["hessian"].append(
-            dict(system="JAX jit(hessian), vectorized", seconds=t, compile_s=compile_s, err=rel_error(np.asarray(hj(x)), H_ref))
+            dict(
+                system="JAX jit(hessian), vectorized",
+                seconds=t,
+                compile_s=compile_s,
+                err=rel_error(np.asarray(hj(x)), H_ref),
+            )
         )
     except A.Unavailable:
         pass
@@ -622,9 +592,7 @@ def memory_probes(quick):
         "(micrograd) and 135 s (PyTorch) per process in a trial run while the suite was being written (with a "
         "second benchmark process sharing the 2 cores), too long for a 10-minute suite; bytes per op hardly depend on n (compare jitad's two rows)."
     )
-    out["notes"].append(
-        "PyTorch allocates tensors in C++, invisible to tracemalloc: only its RSS columns are shown."
-    )
+    out["notes"].append("PyTorch allocates tensors in C++, invisible to tracemalloc: only its RSS columns are shown.")
     return out
 
 
@@ -720,8 +688,6 @@ def plots(rows, sweep, batch, out=HERE):
 
 
 # --- the report ----------------------------------------------------------------------------------------
-
-from .report import write_report  # noqa: E402
 
 
 def _strip(rows):
