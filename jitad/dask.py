@@ -9,7 +9,6 @@ import threading
 
 import dask
 import dask.array as da
-import numba
 import numpy as np
 
 from . import io
@@ -96,27 +95,12 @@ def _block(ship, method, X, *point_params):
     F = ship.get()
     blocks = iter(point_params)
     args = [next(blocks) if p is None else p for p in ship.params]
-    result = _launch(getattr(F, method), X, args)
+    # TapeFunction serializes parallel launches itself where Numba's threading layer needs it.
+    result = getattr(F, method)(X, *args)
     if method == "value_and_grad_batch":
         values, grads = result
         return np.column_stack((values, grads))
     return result
-
-
-_LAUNCH = threading.Lock()
-
-
-def _launch(method, X, args):
-    # Numba's fallback "workqueue" threading layer aborts the process when two threads
-    # launch parallel kernels at once (Dask's threaded scheduler does): serialize there.
-    try:
-        safe = numba.threading_layer() in ("tbb", "omp")
-    except ValueError:  # no parallel kernel has run in this process yet
-        safe = False
-    if safe:
-        return method(X, *args)
-    with _LAUNCH:
-        return method(X, *args)
 
 
 def _points(F, X):
