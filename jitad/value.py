@@ -5,6 +5,7 @@ Python raises instead of giving IEEE ``inf``/``nan`` (``math.log(0)``, ``1 / 0``
 same formula runs again on NumPy scalars, which give the IEEE result.
 """
 
+import inspect
 import types
 import warnings
 
@@ -406,6 +407,11 @@ def _function(code, doc):
     apply.__name__ = name
     apply.__qualname__ = name
     apply.__doc__ = doc
+    # help() and IDEs read __signature__: show exp(x), atan2(y, x), not apply(*args).
+    names = ("x", "y")[:arity]
+    if doc and doc.startswith(f"{name}(") and doc.count(",", 0, doc.find(")")) == arity - 1:
+        names = tuple(n.strip() for n in doc[len(name) + 1 : doc.find(")")].split(","))
+    apply.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_ONLY) for n in names])
     return apply
 
 
