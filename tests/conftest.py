@@ -3,7 +3,15 @@
 import atexit
 import os
 import shutil
+import sys
 import tempfile
+
+# Test modules import their helpers (programs, regressions, snippets) by module name or as
+# ``tests.<name>``: make both work whatever directory pytest runs from (a clone, an sdist).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _path in (_HERE, os.path.dirname(_HERE)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 # Before anything imports numba: Numba's cache does not notice edits to njit functions in
 # other files and freezes globals, so every test session compiles into an empty cache.
