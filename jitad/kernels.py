@@ -35,6 +35,14 @@ evaluate = _generate_evaluate()
 FIRST_COMPUTED = ops.PARAM + 1  # opcodes below this are sources, written, not computed
 
 
+@kernel
+def evaluate_op(code, x, y):
+    """One op of the table at (x, y), compiled: value and partials with the bits replay
+    computes, IEEE (inf, nan) where Python's math raises. NumPy's SIMD math, the other
+    IEEE route, can differ from libm in the last bit (np.power, np.arctan2)."""
+    return evaluate(code, x, y)
+
+
 @inline
 def _product(partial, weight):
     # A zero on either side contributes nothing, even against an infinite or NaN other
@@ -254,7 +262,9 @@ def backward_lanes(a, b, DA, DB, ADJ, last):
 
 
 @kernel
-def batch_block(op, a, b, c, value, inputs, params, outputs, X, P, lo, want_grad, values, grads, failed, scratch):
+def batch_block(
+    op, a, b, c, value, inputs, params, outputs, X, P, lo, want_grad, values, grads, failed, scratch, lane_failed
+):
     """Points lo, lo + 1, ... (as many as ``scratch`` has lanes) of ``batch``; lanes past
     the last point repeat it and are not written out."""
     V, DA, DB, ADJ = scratch[0], scratch[1], scratch[2], scratch[3]
@@ -270,7 +280,6 @@ def batch_block(op, a, b, c, value, inputs, params, outputs, X, P, lo, want_grad
         row = point if P.shape[0] > 1 else 0
         for k in range(params.shape[0]):
             V[params[k], l] = P[row, k]
-    lane_failed = np.empty(L, dtype=np.int64)
     forward_lanes(op, a, b, c, V, DA, DB, lane_failed)
     n = min(L, K - lo)
     for l in range(n):
@@ -288,23 +297,29 @@ def batch_block(op, a, b, c, value, inputs, params, outputs, X, P, lo, want_grad
 
 
 @kernel
-def batch_share(op, a, b, c, value, inputs, params, outputs, X, P, block, w, workers, want_grad, values, grads, failed):
-    """Worker w's share of ``batch``: every workers-th block of ``block`` points, in one
-    scratch allocation (fresh pages per block cost more than the sweep)."""
+def batch_share(
+    op, a, b, c, value, inputs, params, outputs, X, P, w, workers, want_grad, values, grads, failed, scratch, lane_failed
+):
+    """Worker w's share of ``batch``: every workers-th block of points, as many per block as
+    ``scratch`` (4 x entries x block, reused for every block) has lanes."""
+    block = scratch.shape[2]
     nblocks = (X.shape[0] + block - 1) // block
-    scratch = np.empty((4, op.shape[0], block))
     for blk in range(w, nblocks, workers):
         batch_block(
-            op, a, b, c, value, inputs, params, outputs, X, P, blk * block, want_grad, values, grads, failed, scratch
-        )
+            op, a, b, c, value, inputs, params, outputs, X, P, blk * block, want_grad, values, grads, failed,
+            scratch, lane_failed,
+        )  # fmt: skip
 
 
 @kernel(parallel=True)
-def batch(op, a, b, c, value, inputs, params, outputs, X, P, block, workers, want_grad, values, grads, failed):
+def batch(op, a, b, c, value, inputs, params, outputs, X, P, workers, want_grad, values, grads, failed, scratch, lanes):
     """Evaluate K points X (K x n) with parameters P (K x p; one row when shared):
     values[k, j] of each output, grads[k] of output 0 when want_grad, failed[k] the first
-    failed guard of point k or -1; ``workers`` threads share the blocks."""
+    failed guard of point k or -1; ``workers`` threads share the blocks, worker w in
+    scratch[w] and lanes[w]. Nothing is allocated here: an allocation failure inside a
+    parallel region cannot be raised as MemoryError, so the caller allocates."""
     for w in numba.prange(workers):
         batch_share(
-            op, a, b, c, value, inputs, params, outputs, X, P, block, w, workers, want_grad, values, grads, failed
-        )
+            op, a, b, c, value, inputs, params, outputs, X, P, w, workers, want_grad, values, grads, failed,
+            scratch[w], lanes[w],
+        )  # fmt: skip

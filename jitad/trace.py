@@ -5,6 +5,8 @@ replays it in Numba at new points, re-recording when a guarded branch goes the o
 
 import contextlib
 import itertools
+import numbers
+import sys
 import threading
 from collections import OrderedDict
 
@@ -17,6 +19,10 @@ from .tape import Tape
 from .value import StaleValueError, Value
 
 MAX_BRANCHES = 16  # programs kept per TapeFunction, one per branch signature (LRU)
+# Batch scratch per thread: 4 columns (values, both partials, adjoints) x entries x lanes
+# of float64. Lanes are cut so that a thread's scratch stays under this, or under one
+# replay's columns (32 bytes per entry, one lane) for tapes too long for two lanes.
+BATCH_SCRATCH_BYTES = 64 * 2**20
 
 
 class BranchChanged(RuntimeError):
@@ -217,7 +223,10 @@ class TapeFunction:
         self._scalar = scalar
         self._retrace = retrace
         self._n = program.inputs.size
+        self._m = program.outputs.size
         self._param_shapes = program.param_shapes
+        # Where f was first recorded: a retrace whose outputs differ is explained from here.
+        self._first_point = (program.value[program.inputs].copy(), program.value[program.params].copy())
         self._programs = OrderedDict([(id(program), program)])
         self._last = program  # the tape the last call used: tried first
         self._no_function = "it has no Python function to record again"  # set by jitad.io
@@ -228,7 +237,8 @@ class TapeFunction:
     @property
     def tape(self):
         """The most recently used recorded program."""
-        return next(reversed(self._programs.values()))
+        with self._lock:
+            return next(reversed(self._programs.values()))
 
     def __repr__(self):
         name = getattr(self._f, "__name__", "loaded tape")
@@ -257,6 +267,12 @@ class TapeFunction:
             cache = self._local.work = {}
         w = cache.get(id(program))
         if w is None or w[0] is not program:
+            # A miss: drop the scratch of programs the LRU has evicted (their columns would
+            # otherwise stay alive with them), then make this one's.
+            with self._lock:
+                stale = [key for key in cache if key not in self._programs]
+            for key in stale:
+                del cache[key]
             w = cache[id(program)] = (program, _Work(program))
         return w[1]
 
@@ -269,9 +285,7 @@ class TapeFunction:
         failures = []
         for program in itertools.chain((first,), self._other_programs(first)):
             w = self._work(program)
-            failed = kernels.replay(
-                program.op, program.a, program.b, program.const, w.val, w.da, w.db, program.inputs, program.params, x, p
-            )
+            failed = _replay(program, w, x, p)
             if failed < 0:
                 if debug.enabled():
                     debug.check_replay(program, w.val)
@@ -290,15 +304,29 @@ class TapeFunction:
             others = [q for q in reversed(self._programs.values()) if q is not first]
         yield from others
 
-    def _retrace_at(self, x, args, program, failed):
-        """Record f again at x, where ``failed`` is the first guard of ``program`` that failed."""
+    def _retrace_at(self, x, args, failed_program, failed):
+        """Record f again at x, where ``failed`` is the first guard of ``failed_program``
+        that failed; return the new program and work holding this point's values."""
         if self._retrace == "raise" or self._f is None:
             why = "retrace='raise'" if self._f is not None else self._no_function
             raise BranchChanged(
-                f"a branch went the other way at this input: {program.describe_guard(failed)}; "
+                f"a branch went the other way at this input: {failed_program.describe_guard(failed)}; "
                 f"it is not at x = {np.array2string(x, threshold=6)}. Not re-recorded because {why}."
             )
-        program, _ = record(self._f, x, args)
+        program, scalar = record(self._f, x, args)
+        if scalar != self._scalar or program.outputs.size != self._m:
+            raise ValueError(self._outputs_differ(x, args, program, scalar, failed_program, failed))
+        work = _Work(program)
+        own = _replay(program, work, x, _flatten_params(args, self._param_shapes))
+        if own >= 0:
+            # Recording (Python) and replay (compiled) disagree at the very point recorded:
+            # caching this tape would re-record at every call here, answering would trust
+            # one side of a guard that the op table says cannot differ. A bug: refuse.
+            raise RuntimeError(
+                f"jitad bug: replaying the tape just recorded at x = {np.array2string(x, threshold=6)} fails its "
+                f"own guard: {program.describe_guard(own)}, yet replay decides otherwise. Recording and replay "
+                "must compute the same bits (tests/test_op_agreement.py); please report this with f and x."
+            )
         kept = _optimize(program) if self._optimize else program
         with self._lock:
             self.retraces += 1
@@ -307,7 +335,25 @@ class TapeFunction:
             while len(self._programs) > MAX_BRANCHES:
                 self._programs.popitem(last=False)
         # The recording holds this point's values and partials: no replay needed now.
-        return program, _Work(program)
+        return program, work
+
+    def _outputs_differ(self, x, args, program, scalar, failed_program, failed):
+        """The message for a retrace whose outputs differ from the first trace's."""
+
+        def outputs(m, one):
+            return "one Value" if one else f"a sequence of {m} Value(s)"
+
+        x0, p0 = self._first_point
+        args0 = _unflatten_params(p0, self._param_shapes)
+        first_site = _return_site(self._f, x0, args0)
+        site = _return_site(self._f, x, args)
+        return (
+            f"the traced function returns {outputs(program.outputs.size, scalar)} at "
+            f"x = {np.array2string(x, threshold=6)} (returned at {site}), but returned "
+            f"{outputs(self._m, self._scalar)} where it was first traced, at x = {np.array2string(x0, threshold=6)} "
+            f"(returned at {first_site}). The branches part at {failed_program.describe_guard(failed)}. "
+            "Every branch of a traced function must return the same number of outputs."
+        )
 
     # public evaluation -----------------------------------------------------------------
     def __call__(self, x, *args):
@@ -350,7 +396,11 @@ class TapeFunction:
         program, w = self._run(x, args)
         m = program.outputs.size
         jac = np.empty((m, self._n))
-        if self._n < m:
+        # Tangent sweeps cost n, reverse sweeps m. Where a partial is infinite or NaN the
+        # two orders differ: reverse skips it when the adjoint reaching it cancels to 0
+        # (s - s with s = sqrt(0)), forward adds inf - inf. Reverse is the reference (grad,
+        # hvp): tangents are used only where every partial is finite, which leaves rounding.
+        if self._n < m and np.isfinite(w.da).all() and np.isfinite(w.db).all():
             dot = np.empty(len(program))
             kernels.jacobian_forward(program.a, program.b, w.da, w.db, dot, program.inputs, program.outputs, jac)
         else:
@@ -386,7 +436,7 @@ class TapeFunction:
         rows = []
         for k, (p, s) in enumerate(zip(arrays, self._param_shapes)):
             if p.shape == (K,) + s:
-                rows.append(p.reshape(K, -1))
+                rows.append(p.reshape(K, int(np.prod(s, dtype=np.int64))))  # K may be 0: no -1
             elif p.shape == s:
                 rows.append(np.broadcast_to(p.reshape(1, -1), (K, p.size)))
             else:
@@ -407,7 +457,7 @@ class TapeFunction:
         P, per_point = self._batch_params(args, K)
         if debug.enabled():
             self._debug_batch(X, args, per_point)
-        m = self.tape.outputs.size
+        m = self._m
         values = np.empty((K, m))
         grads = np.empty((K, self._n)) if want_grad else np.empty((0, 0))
         pending = np.arange(K)
@@ -421,27 +471,26 @@ class TapeFunction:
                 # No known branch fits the first pending point: record f there.
                 k = pending[0]
                 point_args = _point_args(args, self._param_shapes, k) if per_point else args
-                program, w = self._retrace_at(X[k], point_args, *first_failure)
-                if _replay_fails_at_own_point(program, w, X[k], point_args):
-                    values[k] = w.val[program.outputs]
-                    if want_grad:
-                        out = program.out
-                        kernels.gradient(program.a, program.b, w.da, w.db, w.adj, program.inputs, out, grads[k])
-                    pending = pending[1:]
-                    continue
+                # The retrace checked that the new program replays at this point itself.
+                program, _ = self._retrace_at(X[k], point_args, *first_failure)
             Xp = X[pending]
             Pp = P[pending] if per_point else P
             v = np.empty((pending.size, m))
             g = np.empty((pending.size, self._n)) if want_grad else grads
             failed = np.empty(pending.size, dtype=np.int64)
+            _check_batch_arrays(program, Xp, Pp, v, g, want_grad)
             columns = (program.op, program.a, program.b, program.const, program.value, program.inputs, program.params)
             size = _block_size(block, len(program), pending.size)
             workers = _workers(len(program), pending.size, size)
+            scratch, lanes = _batch_scratch(workers, len(program), size)
             if workers == 1:
-                kernels.batch_share(*columns, program.outputs, Xp, Pp, size, 0, 1, want_grad, v, g, failed)
+                kernels.batch_share(
+                    *columns, program.outputs, Xp, Pp, 0, 1, want_grad, v, g, failed, scratch[0], lanes[0]
+                )
             else:
                 with _parallel_launch():
-                    kernels.batch(*columns, program.outputs, Xp, Pp, size, workers, want_grad, v, g, failed)
+                    kernels.batch(*columns, program.outputs, Xp, Pp, workers, want_grad, v, g, failed, scratch, lanes)
+            del scratch
             ok = failed < 0
             values[pending[ok]] = v[ok]
             if want_grad:
@@ -486,16 +535,43 @@ def _point_args(args, shapes, k):
     return tuple(arg if np.shape(arg) == s else np.asarray(arg)[k] for arg, s in zip(args, shapes))
 
 
-def _replay_fails_at_own_point(program, w, x, args):
-    """True when a freshly recorded program's guards fail at the very point it was recorded
-    at: a comparison so close to its boundary that compiled and Python math disagree in the
-    last bit. The recording itself is then the answer for that point."""
-    check = _Work(program)
-    p = _flatten_params(args, program.param_shapes)
+def _replay(program, w, x, p):
+    """Replay ``program`` at (x, p) into ``w``; the first failed guard, or -1."""
     return kernels.replay(
-        program.op, program.a, program.b, program.const, check.val, check.da, check.db, program.inputs,
-        program.params, x, p,
-    ) >= 0  # fmt: skip
+        program.op, program.a, program.b, program.const, w.val, w.da, w.db, program.inputs, program.params, x, p
+    )
+
+
+def _unflatten_params(p, shapes):
+    """The parameters as traced: arrays of ``shapes`` cut from the flat vector p."""
+    args = []
+    start = 0
+    for shape in shapes:
+        size = int(np.prod(shape, dtype=np.int64))
+        args.append(p[start : start + size].reshape(shape))
+        start += size
+    return tuple(args)
+
+
+def _return_site(f, x, args):
+    """``file:line`` where f returns at (x, args), found by recording it once more under a
+    profiler (only to explain an error: profiling slows every call while it is on)."""
+    code = getattr(f, "__code__", None)
+    sites = []
+
+    def hook(frame, event, arg):
+        if event == "return" and frame.f_code is code:
+            sites.append(f"{code.co_filename}:{frame.f_lineno}")
+
+    previous = sys.getprofile()
+    sys.setprofile(hook)
+    try:
+        record(f, x, args)
+    except Exception:  # noqa: BLE001, S110 - the site is a courtesy; the caller raises anyway
+        pass
+    finally:
+        sys.setprofile(previous)
+    return sites[-1] if sites else "an unknown line"
 
 
 _WORKQUEUE_LOCK = threading.Lock()
@@ -522,12 +598,50 @@ def _workers(n_entries, K, block):
 def _block_size(block, n_entries, K):
     """Points per block: given, or 8 (measured best for tapes of 10^3-10^5 entries: the
     per-entry cost is paid once per block, while 8 lanes of values, partials and adjoints
-    per entry stay small), and no more than an even share per thread."""
+    per entry stay small), and no more than an even share per thread; never more than K
+    nor more lanes than ``BATCH_SCRATCH_BYTES`` hold (at least one)."""
     if block is not None:
-        if int(block) < 1:
-            raise ValueError(f"block must be a positive number of points, got {block}")
-        return int(block)
-    return int(max(1, min(8, -(-K // numba.get_num_threads()))))
+        if isinstance(block, bool) or not isinstance(block, numbers.Integral):
+            raise TypeError(f"block must be a positive integer number of points, got {type(block).__name__} {block!r}")
+        if not 1 <= block < 2**63:
+            raise ValueError(f"block must be a positive integer number of points below 2**63, got {block}")
+        size = int(block)
+    else:
+        size = -(-K // numba.get_num_threads())
+        size = min(8, size)
+    fits = BATCH_SCRATCH_BYTES // (32 * max(n_entries, 1))
+    return int(max(1, min(size, K, fits)))
+
+
+def _batch_scratch(workers, n_entries, block):
+    """Each worker's scratch columns (workers x 4 x entries x block) and lane guards,
+    allocated here, outside the parallel kernel, so running out of memory is a MemoryError."""
+    try:
+        return np.empty((workers, 4, n_entries, block)), np.empty((workers, block), dtype=np.int64)
+    except MemoryError:
+        size = workers * 4 * n_entries * block * 8
+        raise MemoryError(
+            f"out of memory allocating batch scratch: {size / 2**30:.2f} GiB for {workers} thread(s) x "
+            f"{n_entries} tape entries x {block} points per block (pass a smaller block=)"
+        ) from None
+
+
+def _check_batch_arrays(program, X, P, values, grads, want_grad):
+    """The batch kernels write values[:, outputs], grads[:, inputs] and read X, P without
+    bounds checks: every shape must match this program before they run."""
+    ok = (
+        values.shape == (X.shape[0], program.outputs.size)
+        and X.shape[1] == program.inputs.size
+        and P.shape[1] == program.params.size
+        and P.shape[0] in (1, X.shape[0])
+        and (not want_grad or grads.shape == (X.shape[0], program.inputs.size))
+    )
+    if not ok:
+        raise RuntimeError(
+            f"jitad bug: a batch's arrays (X {X.shape}, P {P.shape}, values {values.shape}, grads {grads.shape}) "
+            f"do not fit its tape ({program.inputs.size} inputs, {program.params.size} parameters, "
+            f"{program.outputs.size} outputs); refused before the kernel could write out of bounds"
+        )
 
 
 def trace(f, x0, *args, retrace="auto", optimize=False):
