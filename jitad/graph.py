@@ -43,14 +43,15 @@ def to_dot(y, max_nodes=200, labels=None):
     if not t.alive:
         raise StaleValueError(f"{y!r} is from a tape that was reset; its graph is gone")
     names = _names(t, labels)
-    e = t.entries(y._i + 1)
-    try:
-        ancestors = _ancestors(e["a"].tolist(), e["b"].tolist(), y._i)
-        kept = np.array(ancestors[: int(max_nodes)][::-1], dtype=np.int64)
-        rows = e[kept]  # a copy: the tape's buffer is free again once e is dropped
-    finally:
-        del e
-    grad = t.grad
+    chunks = t.reachable(y._k)
+    e, starts = t.gather(chunks)
+    out = int(starts[chunks.index(y._k)]) + y._i - y._k.base
+    # Nodes are named by tape index (sequence number), whatever was freed in between.
+    seq = np.repeat([c.base for c in chunks] - starts, [len(c) for c in chunks]) + np.arange(e.shape[0])
+    ancestors = _ancestors(e["a"].tolist(), e["b"].tolist(), out)
+    kept = np.array(ancestors[: int(max_nodes)][::-1], dtype=np.int64)
+    rows = e[kept]
+    grad = np.concatenate([_grads(c) for c in chunks])
     first = int(kept[0])  # every ancestor not drawn comes before every one that is
     hidden = len(ancestors) - len(kept)
 
@@ -63,13 +64,14 @@ def to_dot(y, max_nodes=200, labels=None):
     if hidden:
         noun = "entries" if hidden > 1 else "entry"
         lines.append(f'  more [shape=box, style="dashed,rounded", label="… {hidden} more {noun}"];')
-    for i, r in zip(kept.tolist(), rows):
+    for p, r in zip(kept.tolist(), rows):
         code = int(r["op"])
-        g = float(grad[i]) if grad is not None and i < grad.shape[0] else 0.0
+        g = float(grad[p])
+        i = int(seq[p])
         name = names.get(i, f"#{i}")
         label = f"{{ {_escape_record(name)} | data {_number(r['val'])} | grad {_number(g)} }}"
         style = f', style="filled", fillcolor="{_SOURCE_STYLE[code]}"' if code in _SOURCE_STYLE else ""
-        if i == y._i:
+        if p == out:
             style += ", penwidth=2"
         lines.append(f'  n{i} [shape=record, label="{label}"{style}];')
         if ops.OPS[code].arity == 0:
@@ -85,7 +87,7 @@ def to_dot(y, max_nodes=200, labels=None):
             if j >= 0:
                 seen.setdefault(j, []).append(side)
         for j, sides in seen.items():
-            src = f"n{j}" if j >= first else "more"
+            src = f"n{seq[j]}" if j >= first else "more"
             edge = f' [label="{",".join(sides)}", fontsize=9]' if named else ""
             lines.append(f"  {src} -> op{i}{edge};")
     lines.append("}")
@@ -117,6 +119,14 @@ def _ancestors(a, b, out):
             if b[i] >= 0:
                 needed[b[i]] = 1
     return found
+
+
+def _grads(chunk):
+    g = np.zeros(len(chunk))
+    if chunk.grad is not None:
+        n = min(g.shape[0], chunk.grad.shape[0])
+        g[:n] = chunk.grad[:n]
+    return g
 
 
 def _names(t, labels):

@@ -6,6 +6,7 @@ Kernels trust their inputs (no bounds checks): callers validate at the boundary.
 """
 
 import math
+import types
 
 import numba
 import numpy as np
@@ -14,16 +15,21 @@ from . import ops
 from ._config import inline, kernel
 
 
+# ``math`` as the formulas see it when compiled: Numba lacks math.fmod, and np.fmod is the
+# same C fmod (an exact operation), so both sides give the same bits.
+_MATH = types.ModuleType("jitad_kernel_math")
+_MATH.__dict__.update({name: getattr(math, name) for name in dir(math) if not name.startswith("_")})
+_MATH.fmod = np.fmod
+
+
 def _generate_evaluate():
     # An if-chain over opcodes; LLVM turns it into a jump table, and inlining every
     # formula lets it drop the partials a caller does not use.
     lines = ["def evaluate(op, x, y):"]
     namespace = {"nan": math.nan}
-    for op in ops.OPS:
-        if op.formula is None:
-            continue
-        namespace[f"f{op.code}"] = inline(op.formula)
-        lines.append(f"    if op == {op.code}:\n        return f{op.code}(x, y)")
+    for code, formula in ops.formulas(_MATH, wrap=inline).items():
+        namespace[f"f{code}"] = formula
+        lines.append(f"    if op == {code}:\n        return f{code}(x, y)")
     lines.append("    return nan, nan, nan, nan, nan, nan")
     exec("\n".join(lines), namespace)
     return inline(namespace["evaluate"])
@@ -91,6 +97,50 @@ def backward(a, b, da, db, adj, last):
         ib = b[i]
         if ib >= 0:
             adj[ib] += _product(db[i], g)
+
+
+# --- eager tapes: entries in chunks, operands as sequence numbers -------------------------
+
+
+@inline
+def _chunk_of(s, bases, j):
+    # The chunk holding sequence number s: chunk j itself (the common case), or an older one.
+    if s >= bases[j]:
+        return j
+    return np.searchsorted(bases[:j], s, side="right") - 1
+
+
+@kernel
+def positions(a, b, bases, starts):
+    """Rewrite operand sequence numbers as positions in a gathered array, where chunk j's
+    entries, numbered from bases[j] (ascending), sit from position starts[j] on."""
+    j = 0
+    last = starts.shape[0] - 1
+    for i in range(a.shape[0]):
+        while j < last and i >= starts[j + 1]:
+            j += 1
+        s = a[i]
+        if s >= 0:
+            k = _chunk_of(s, bases, j)
+            a[i] = starts[k] + s - bases[k]
+        s = b[i]
+        if s >= 0:
+            k = _chunk_of(s, bases, j)
+            b[i] = starts[k] + s - bases[k]
+
+
+@kernel
+def referenced_chunks(a, b, base, bases, used):
+    """used[k] = True for every older chunk k (numbered from bases[k], ascending) that an
+    operand below ``base`` falls in."""
+    top = bases.shape[0]
+    for i in range(a.shape[0]):
+        s = a[i]
+        if 0 <= s < base:
+            used[np.searchsorted(bases, s, side="right") - 1] = True
+        s = b[i]
+        if 0 <= s < base:
+            used[np.searchsorted(bases[:top], s, side="right") - 1] = True
 
 
 @kernel
@@ -323,3 +373,52 @@ def batch(op, a, b, c, value, inputs, params, outputs, X, P, workers, want_grad,
             op, a, b, c, value, inputs, params, outputs, X, P, w, workers, want_grad, values, grads, failed,
             scratch[w], lanes[w],
         )  # fmt: skip
+
+
+# --- several outputs at once: weighted seeds, compressed sparse Hessians ------------------
+
+
+@kernel
+def weighted_gradient(a, b, da, db, adj, inputs, outputs, weights, grad):
+    """grad[k] = sum_j weights[j] d val[outputs[j]] / d val[inputs[k]]: one reverse sweep."""
+    last = outputs.max()
+    adj[: last + 1] = 0.0
+    for j in range(outputs.shape[0]):
+        adj[outputs[j]] += weights[j]
+    backward(a, b, da, db, adj, last)
+    for k in range(inputs.shape[0]):
+        grad[k] = adj[inputs[k]] if inputs[k] <= last else 0.0
+
+
+@kernel
+def weighted_hessian_vector(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs, outputs, weights, v, hv):
+    """hv = (sum_j weights[j] H_j) v, H_j the Hessian of entry outputs[j] (after a replay)."""
+    last = outputs.max()
+    dot[: last + 1] = 0.0
+    for k in range(inputs.shape[0]):
+        if inputs[k] <= last:
+            dot[inputs[k]] = v[k]
+    adj[: last + 1] = 0.0
+    adj_dot[: last + 1] = 0.0
+    for j in range(outputs.shape[0]):
+        adj[outputs[j]] += weights[j]
+    hvp_sweep(op, a, b, c, val, da, db, adj, dot, adj_dot, last)
+    for k in range(inputs.shape[0]):
+        hv[k] = adj_dot[inputs[k]] if inputs[k] <= last else 0.0
+
+
+@kernel
+def compressed_hessian(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs, outputs, weights, colour, src_colour, src_row, data):
+    """The nonzeros of the weighted Hessian by one Hessian-vector product per colour of
+    columns: data[p] = (H s_c)[src_row[p]] for c = src_colour[p], s_c the indicator of the
+    columns of colour c (no two of which share a nonzero row)."""
+    n = inputs.shape[0]
+    s = np.empty(n)
+    hv = np.empty(n)
+    for cc in range(colour.max() + 1 if n else 0):
+        for k in range(n):
+            s[k] = 1.0 if colour[k] == cc else 0.0
+        weighted_hessian_vector(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs, outputs, weights, s, hv)
+        for p in range(data.shape[0]):
+            if src_colour[p] == cc:
+                data[p] = hv[src_row[p]]

@@ -1,74 +1,182 @@
-"""The tape: a Wengert list in flat NumPy columns, one active tape per thread.
+"""The tape: a Wengert list of packed entries in chunks, one active tape per thread.
 
-Recording appends one fixed-size packed entry per op to a ``bytearray`` (one C call per
-op, the cheapest append measured); the columns are zero-copy views of that buffer.
-Entries are in recording order, which is a topological order: no sweep ever sorts.
+Recording appends one fixed-size packed entry per op to the tape's open *chunk* (a
+``bytearray``: one C call per op, the cheapest append measured). Entries are numbered in
+recording order, a topological order, so no sweep ever sorts. A Value holds its chunk,
+and a chunk holds the older chunks its entries read: reference counting frees a chunk as
+soon as nothing can reach it, so an eager training loop runs in constant space and a
+backward sweep visits only the chunks its output depends on.
 """
 
 import struct
 import threading
+import weakref
 
 import numpy as np
 
-from . import debug, ops
+from . import debug, kernels, ops
 
-# One entry: constant, value, d/da, d/db (float64); operands a, b (int32, -1: the
-# constant); opcode (uint8). 48 bytes, aligned for the kernels.
+# One entry: constant, value, d/da, d/db (float64); operands a, b (int64 sequence numbers,
+# -1: the constant); opcode (uint8). 56 bytes, aligned for the kernels.
 ENTRY = np.dtype(
+    [("c", "f8"), ("val", "f8"), ("da", "f8"), ("db", "f8"), ("a", "i8"), ("b", "i8"), ("op", "u1")],
+    align=True,
+)
+PACK = struct.Struct("=4d2qB7x").pack
+assert struct.calcsize("=4d2qB7x") == ENTRY.itemsize
+_SIZE = ENTRY.itemsize
+_VAL = ENTRY.fields["val"][1]
+_OP = ENTRY.fields["op"][1]
+# Programs (traced tapes, saved files) keep 48-byte entries with int32 positions.
+PROGRAM_ENTRY = np.dtype(
     [("c", "f8"), ("val", "f8"), ("da", "f8"), ("db", "f8"), ("a", "i4"), ("b", "i4"), ("op", "u1")],
     align=True,
 )
-PACK = struct.Struct("=4d2iB7x").pack
-assert struct.calcsize("=4d2iB7x") == ENTRY.itemsize
-MAX_ENTRIES = 2**31 - 1  # operand indices are int32
+MAX_ENTRIES = 2**31 - 1  # operand positions of a Program are int32
+
+# A chunk is closed when it holds CHUNK entries, at every backward(), at the first op after
+# a run of leaves (so that parameters live apart from what is computed from them), and at
+# a leaf created after SPLIT computed entries (so that each pass of a loop starts afresh).
+CHUNK = 1 << 14
+SPLIT = 256
 
 
 class StaleValueError(RuntimeError):
-    """A Value was used after its tape was reset, or on a tape that is not active."""
+    """A Value whose entries are gone (its tape was reset), or not on the active tape."""
+
+
+class _Chunk:
+    """Consecutive entries of one tape; Values and later chunks hold it alive."""
+
+    __slots__ = ("buf", "base", "deps", "grad", "mods", "first_op", "__weakref__")
+
+    def __init__(self, base, deps):
+        self.buf = bytearray()
+        self.base = base  # sequence number of its first entry
+        self.deps = deps  # the chunks its entries read: every older live chunk until closed
+        self.grad = None  # accumulated .grad of its entries, when any
+        self.mods = None  # {leaf: sequence number when its .data was set}
+        self.first_op = None  # sequence number of its first computed entry
+
+    def __len__(self):
+        return len(self.buf) // _SIZE
+
+    def entries(self):
+        return np.frombuffer(bytes(self.buf), dtype=ENTRY)
+
+    def close(self):
+        """Keep only the chunks its entries read (it is full: nothing more is appended)."""
+        if self.first_op is None or not self.deps:
+            self.deps = []
+            return
+        e = np.frombuffer(self.buf, dtype=ENTRY)
+        bases = np.array([d.base for d in self.deps], dtype=np.int64)
+        used = np.zeros(bases.shape[0], dtype=np.bool_)
+        kernels.referenced_chunks(e["a"], e["b"], self.base, bases, used)
+        del e
+        self.deps = [d for d, u in zip(self.deps, used.tolist()) if u]
 
 
 class _Recorder:
-    """The storage of one tape between two resets; Values point to it."""
+    """The storage of one tape between two resets; Values point to it and to their chunk."""
 
-    __slots__ = ("buf", "n", "tape", "grad", "alive", "tracing", "sites", "lines", "thread")
+    __slots__ = (
+        "chunk", "n", "limit", "full", "chunks", "kept", "tape", "alive", "tracing", "sites", "lines", "thread",
+    )  # fmt: skip
 
     def __init__(self, tape):
-        self.buf = bytearray()
-        self.n = 0
+        self.n = 0  # sequence number of the next entry
+        self.chunks = []  # weak references to the chunks, oldest first (dead ones pruned on roll)
+        self.kept = []  # chunks held while tracing: a traced program needs every entry, guards too
         self.tape = tape
-        self.grad = None
         self.alive = True
         self.tracing = False  # set by jitad.trace: conversions to float warn, guards note their line
         self.sites = {}  # guard entry -> "file:line" of its comparison, while tracing
         self.lines = {} if debug.enabled() else None  # entry -> source line, in debug mode
         self.thread = threading.get_ident()
+        self.chunk = None
+        self._open()
 
-    def entries(self, count=None):
-        """The first ``count`` entries (all by default) as a structured array: a zero-copy
-        view in the recording thread (drop it before recording more), a copy in any other,
-        so that reading a tape never stops its owner from appending."""
-        count = self.n if count is None else count
-        if self.thread == threading.get_ident():
-            return np.frombuffer(self.buf, dtype=ENTRY, count=count)
-        return np.frombuffer(self.buf[: count * ENTRY.itemsize], dtype=ENTRY, count=count)
+    def _open(self):
+        live = self.live()
+        self.chunk = _Chunk(self.n, live)
+        self.chunks.append(weakref.ref(self.chunk))
+        self.full = self.n + CHUNK
+        self.limit = self.n  # the first op notes itself in the chunk (before_op)
 
-    def accumulate_grad(self, adj):
-        n = adj.shape[0]
-        if self.grad is None:
-            self.grad = np.zeros(max(n, 16))
-        elif self.grad.shape[0] < n:
-            grown = np.zeros(max(n, 2 * self.grad.shape[0]))
-            grown[: self.grad.shape[0]] = self.grad
-            self.grad = grown
-        self.grad[:n] += adj
+    def live(self):
+        """The chunks still alive, oldest first."""
+        live = []
+        refs = []
+        for r in self.chunks:
+            c = r()
+            if c is not None:
+                live.append(c)
+                refs.append(r)
+        self.chunks = refs
+        return live
+
+    def roll(self):
+        """Close the open chunk, if it holds entries, and open a new one."""
+        old = self.chunk
+        if not old.buf:
+            return
+        old.close()
+        if self.tracing:
+            self.kept.append(old)
+        self._open()
+
+    def before_op(self):
+        """Called by the first op after a leaf, and when the open chunk is full."""
+        chunk = self.chunk
+        if self.n >= self.full or (chunk.first_op is None and chunk.buf):
+            self.roll()
+            chunk = self.chunk
+        if chunk.first_op is None:
+            chunk.first_op = self.n
+        self.limit = self.full
+
+    # reading ------------------------------------------------------------------------------
+    def __len__(self):
+        return sum(len(c) for c in self.live())
+
+    def gather(self, chunks):
+        """The entries of ``chunks`` (oldest first) as one array, operands as positions in it,
+        and the position of each chunk's first entry."""
+        bufs = [bytes(c.buf) for c in chunks]
+        e = np.frombuffer(b"".join(bufs), dtype=ENTRY).copy()
+        starts = np.zeros(len(chunks), dtype=np.int64)
+        np.cumsum([len(b) // _SIZE for b in bufs[:-1]], out=starts[1:])
+        bases = np.array([c.base for c in chunks], dtype=np.int64)
+        kernels.positions(e["a"], e["b"], bases, starts)
+        return e, starts
+
+    def entries(self):
+        """Every live entry as a Program-format array (int32 positions; a copy)."""
+        e, _ = self.gather(self.live())
+        if e.shape[0] > MAX_ENTRIES:
+            raise OverflowError(f"a traced tape holds at most {MAX_ENTRIES} entries (operand indices are int32)")
+        return e.astype(PROGRAM_ENTRY)
+
+    def reachable(self, chunk):
+        """``chunk`` and every chunk its entries depend on, oldest first: no recursion."""
+        seen = {id(chunk): chunk}
+        stack = [chunk]
+        while stack:
+            for d in stack.pop().deps:
+                if id(d) not in seen:
+                    seen[id(d)] = d
+                    stack.append(d)
+        return sorted(seen.values(), key=lambda c: c.base)
 
 
 class Tape:
     """A Wengert list. ``with jitad.Tape() as tape:`` records into it in this thread.
 
-    Columns (read-only copies): ``op``, ``a``, ``b``, ``const``, ``value``, ``da``, ``db``;
-    ``names`` gives the op name of every entry. ``reset()`` empties the tape; Values
-    recorded before a reset raise ``StaleValueError`` instead of giving wrong numbers.
+    Columns (copies of what is alive): ``op``, ``a``, ``b``, ``const``, ``value``, ``da``,
+    ``db``; ``names`` gives the op name of every entry. Entries that no Value can reach any
+    more are freed as recording goes on. ``reset()`` empties the tape; Values recorded
+    before a reset raise ``StaleValueError`` instead of giving wrong numbers.
     """
 
     def __init__(self):
@@ -98,11 +206,12 @@ class Tape:
 
     def zero_grad(self):
         """Set the ``.grad`` of every Value on this tape to 0 (``backward`` accumulates)."""
-        self._rec.grad = None
+        for c in self._rec.live():
+            c.grad = None
 
     # reading ----------------------------------------------------------------------------
     def __len__(self):
-        return self._rec.n
+        return len(self._rec)
 
     def _column(self, field):
         return self._rec.entries()[field].copy()
@@ -124,15 +233,16 @@ class Tape:
 
     def table(self, limit=50):
         """The first ``limit`` entries as text, one line each."""
-        e = self._rec.entries()[:limit]
+        entries = self._rec.entries()
+        e = entries[:limit]
         rows = [f"{'i':>6} {'op':<11} {'a':>6} {'b':>6} {'const':>10} {'value':>12} {'da':>10} {'db':>10}"]
         for i, r in enumerate(e):
             rows.append(
                 f"{i:>6} {ops.NAMES[r['op']]:<11} {r['a']:>6} {r['b']:>6} {r['c']:>10.4g} "
                 f"{r['val']:>12.6g} {r['da']:>10.4g} {r['db']:>10.4g}"
             )
-        if len(self) > limit:
-            rows.append(f"... {len(self) - limit} more")
+        if len(entries) > limit:
+            rows.append(f"... {len(entries) - limit} more")
         return "\n".join(rows)
 
 
@@ -156,3 +266,15 @@ def _activate(tape):
 def active():
     """This thread's active tape."""
     return _state.tape
+
+
+def set_leaf(chunk, i, value, stamp):
+    """Write a leaf's new value into its entry; raise if entry i is not a leaf."""
+    j = (i - chunk.base) * _SIZE
+    if chunk.buf[j + _OP] != ops.LEAF:
+        return False
+    struct.pack_into("=d", chunk.buf, j + _VAL, value)
+    if chunk.mods is None:
+        chunk.mods = {}
+    chunk.mods[i] = stamp
+    return True

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from . import debug, kernels, ops
-from .tape import MAX_ENTRIES, PACK, StaleValueError, _state
+from .tape import PACK, SPLIT, StaleValueError, _state, set_leaf
 
 # The same formulas with NumPy's scalar math, which follows IEEE where Python's raises.
 _NUMPY_MATH = types.SimpleNamespace(
@@ -25,16 +25,17 @@ _NUMPY_MATH = types.SimpleNamespace(
     atan=np.arctan,
     atan2=np.arctan2,
     pow=np.power,
+    fmod=np.fmod,
+    copysign=np.copysign,
 )
-_IEEE = {}  # opcode -> its formula reading NumPy's math
+_IEEE = {}  # opcode -> its formula reading NumPy's math, made on first use
 
 
 def _ieee(code, x, y):
     """Op ``code`` on (x, y) with IEEE results (inf, nan) where Python's math would raise."""
-    f = _IEEE.get(code)
-    if f is None:
-        formula = ops.OPS[code].formula
-        f = _IEEE[code] = types.FunctionType(formula.__code__, {**formula.__globals__, "math": _NUMPY_MATH})
+    if not _IEEE:
+        _IEEE.update(ops.formulas(_NUMPY_MATH))
+    f = _IEEE[code]
     with np.errstate(all="ignore"):
         return tuple(float(r) for r in f(np.float64(x), np.float64(y)))
 
@@ -50,11 +51,12 @@ def _record(t, code, x, y, a, b, c, formula=None):
     except (ArithmeticError, ValueError):
         v, dx, dy, _, _, _ = _ieee(code, x, y)
     i = t.n
-    if i >= MAX_ENTRIES:
-        raise _cannot_append(i, None)
+    if i >= t.limit:
+        t.before_op()
+    k = t.chunk
     try:
-        t.buf += PACK(c, v, dx, dy, a, b, code)
-    except (BufferError, MemoryError) as e:
+        k.buf += PACK(c, v, dx, dy, a, b, code)
+    except MemoryError as e:
         raise _cannot_append(i, e) from None
     t.n = i + 1
     if t.lines is not None:
@@ -63,6 +65,7 @@ def _record(t, code, x, y, a, b, c, formula=None):
     out._data = v
     out._i = i
     out._t = t
+    out._k = k
     return out
 
 
@@ -75,13 +78,20 @@ def _real(x, what):
     return float(x)
 
 
+def _leaf_value(data):
+    """The float a leaf holds: real numbers, bools and 0-d arrays of them (not Values)."""
+    if isinstance(data, Value):
+        raise TypeError("Value(v) of a Value: use v itself, or v.detach() for a copy without derivative")
+    if isinstance(data, np.ndarray) and data.ndim == 0:
+        data = data[()]
+    if isinstance(data, (bool, np.bool_)):
+        return float(data)
+    return _real(data, "Value")
+
+
 def _cannot_append(i, error):
-    """The exception for a failed append of entry i (None: the tape is full)."""
-    if error is None:
-        return OverflowError(f"a tape holds at most {MAX_ENTRIES} entries (operand indices are int32)")
-    if isinstance(error, MemoryError):
-        return MemoryError(f"out of memory recording entry {i} of a tape ({i} entries, {i * 48 / 2**30:.2f} GiB)")
-    return RuntimeError("cannot record while a view of the tape's entries is alive")
+    """The exception for a failed append of entry i."""
+    return MemoryError(f"out of memory recording entry {i} of a tape (entry {i}, {i * 56 / 2**30:.2f} GiB recorded)")
 
 
 def _constant(other):
@@ -159,68 +169,107 @@ class Value:
     4.0
     """
 
-    __slots__ = ("_data", "_i", "_t", "__weakref__")
+    __slots__ = ("_data", "_i", "_t", "_k", "__weakref__")
 
     def __init__(self, data):
         if type(data) is not float:
-            if isinstance(data, Value):
-                raise TypeError("Value(v) of a Value: use v itself (or v + 0 for a new entry)")
-            data = _real(data, "Value")
+            data = _leaf_value(data)
         t = _state.rec
         i = t.n
-        if i >= MAX_ENTRIES:
-            raise _cannot_append(i, None)
+        k = t.chunk
+        if i >= t.full or (k.first_op is not None and i - k.first_op >= SPLIT):
+            t.roll()
+            k = t.chunk
         try:
-            t.buf += PACK(0.0, data, 0.0, 0.0, -1, -1, ops.LEAF)
-        except (BufferError, MemoryError) as e:
+            k.buf += PACK(0.0, data, 0.0, 0.0, -1, -1, ops.LEAF)
+        except MemoryError as e:
             raise _cannot_append(i, e) from None
         t.n = i + 1
+        t.limit = 0  # the next op decides whether this run of leaves gets a chunk of its own
         self._data = data
         self._i = i
         self._t = t
+        self._k = k
 
     # reading ------------------------------------------------------------------------------
     @property
     def data(self):
+        """The value. Settable on a leaf (``p.data -= lr * p.grad``); a computed Value's
+        value is a function of its inputs, so setting it raises."""
         if self._t.tracing:
             _warn_unguarded("reading .data")
         return self._data
 
+    @data.setter
+    def data(self, value):
+        t = self._t
+        if not t.alive:
+            raise StaleValueError(f"{self!r} is from a tape that was reset; its entries are gone")
+        if t.tracing:
+            raise RuntimeError("setting .data inside a traced function cannot be replayed; compute a new Value")
+        value = _leaf_value(value)
+        if not set_leaf(self._k, self._i, value, t.n):
+            raise AttributeError(
+                f".data of {self!r} cannot be set: it is computed from other Values (its value is a function "
+                "of its inputs); only leaves, made by Value(x), can be set"
+            )
+        self._data = value
+
+    def item(self):
+        """The value as a Python float (no derivative flows through it)."""
+        if self._t.tracing:
+            _warn_unguarded("v.item()")
+        return self._data
+
     @property
     def grad(self):
-        """d(output)/d(self) accumulated by ``backward()`` calls; reset with ``v.grad = 0``."""
+        """d(output)/d(self) accumulated by ``backward()`` calls; reset with ``v.grad = 0``
+        (or ``None``)."""
         t = self._t
         if not t.alive:
             raise StaleValueError(f"{self!r} is from a tape that was reset; its gradient is gone")
-        g = t.grad
-        return float(g[self._i]) if g is not None and self._i < g.shape[0] else 0.0
+        return _grad_of(self)
 
     @grad.setter
     def grad(self, value):
         t = self._t
         if not t.alive:
             raise StaleValueError(f"{self!r} is from a tape that was reset")
-        value = _real(value, ".grad")
-        if t.grad is None or t.grad.shape[0] <= self._i:
-            t.accumulate_grad(np.zeros(t.n))
-        t.grad[self._i] = value
+        value = 0.0 if value is None else _real(value, ".grad")
+        k = self._k
+        j = self._i - k.base
+        if k.grad is None or k.grad.shape[0] <= j:
+            grown = np.zeros(max(j + 1, len(k), 16))
+            if k.grad is not None:
+                grown[: k.grad.shape[0]] = k.grad
+            k.grad = grown
+        k.grad[j] = value
 
     @property
     def tape(self):
         return self._t.tape
 
     def __repr__(self):
-        t = self._t
-        if not t.alive:
+        if not self._t.alive:
             return f"Value(data={self._data}, grad=<tape reset>)"
-        g = t.grad
-        grad = float(g[self._i]) if g is not None and self._i < g.shape[0] else 0.0
-        return f"Value(data={self._data}, grad={grad})"
+        return f"Value(data={self._data}, grad={_grad_of(self)})"
+
+    def __format__(self, spec):
+        return format(self._data, spec) if spec else repr(self)
 
     def __float__(self):
+        # Python calls this for float(v), math.sin(v) and NumPy's cast into a float array
+        # alike: each would drop the derivative without a trace, so none is allowed.
+        raise TypeError(
+            f"float() of {self!r} would drop its derivative (this is also what math.sin(v) and storing "
+            "Values into a float array do): use v.item() or v.data for the number, jitad.sin(v) / np.sin(v) "
+            "for functions, and object arrays (dtype=object) for arrays of Values"
+        )
+
+    def __int__(self):
         if self._t.tracing:
-            _warn_unguarded("float(v)")
-        return self._data
+            _warn_unguarded("int(v)")
+        return int(self._data)
 
     def __bool__(self):
         if self._t.tracing:
@@ -230,13 +279,38 @@ class Value:
     def __hash__(self):
         return id(self)
 
+    # copies: a Value names an entry; copying never drags its tape along -------------------
+    def __copy__(self):
+        return self  # the same entry (like copying a reference to it)
+
+    def __deepcopy__(self, memo):
+        # A new leaf with the same value and gradient: deep copies of a model are independent.
+        out = Value(self._data)
+        g = _grad_of(self) if self._t.alive else 0.0
+        if g:
+            out.grad = g
+        return out
+
+    def __reduce__(self):
+        return Value, (self._data,)  # unpickles as a new leaf holding the value
+
     # differentiation ----------------------------------------------------------------------
-    def backward(self, gradient=1.0):
+    def backward(self, gradient=1.0, retain_graph=None):
         """Accumulate d(self)/d(w) * gradient into ``w.grad`` for every Value w recorded
         before self (PyTorch semantics: repeated calls add up; zero with ``tape.zero_grad()``
-        or ``w.grad = 0``)."""
-        adj = _adjoints(self, _real(gradient, "the gradient seed of backward"))
-        self._t.accumulate_grad(adj)
+        or ``w.grad = 0``). The graph lives as long as a Value refers to it, so a second
+        ``backward()`` always works: ``retain_graph`` is accepted for PyTorch code and has no
+        effect."""
+        chunks, starts, adj = _sweep(self, _real(gradient, "the gradient seed of backward"))
+        for c, start in zip(chunks, starts.tolist()):
+            part = adj[start : start + len(c)]
+            if c.grad is None:
+                c.grad = np.zeros(len(c))
+            c.grad[: part.shape[0]] += part
+
+    def detach(self):
+        """This value without derivative: ``jitad.stop_gradient(self)``."""
+        return stop_gradient(self)
 
     # arithmetic ---------------------------------------------------------------------------
     __add__ = _binary(_C["add"], identity=0.0)
@@ -279,6 +353,31 @@ class Value:
     expm1 = _unary(_C["expm1"])
     arctan2 = _binary(_C["atan2"])
     hypot = _binary(_C["hypot"])
+    # Piecewise constant: recorded with zero derivative, so replay recomputes them.
+    __floor__ = _unary(_C["floor"])
+    __ceil__ = _unary(_C["ceil"])
+    __trunc__ = _unary(_C["trunc"])
+    __mod__ = _binary(_C["mod"])
+    __rmod__ = _binary(_C["mod"], reflected=True)
+    __floordiv__ = _binary(_C["floordiv"])
+    __rfloordiv__ = _binary(_C["floordiv"], reflected=True)
+    floor = __floor__
+    ceil = __ceil__
+    trunc = __trunc__
+    rint = _unary(_C["rint"])
+
+    def __divmod__(self, other):
+        return self // other, self % other
+
+    def __rdivmod__(self, other):
+        return other // self, other % self
+
+    def __round__(self, ndigits=None):
+        # A Value, as torch.round: half to even; with ndigits, rint(v * 10**n) / 10**n.
+        if not ndigits:
+            return self.rint()
+        scale = 10.0**ndigits
+        return (self * scale).rint() / scale
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         fn = _UFUNCS.get(ufunc.__name__)
@@ -332,22 +431,73 @@ def _warn_unguarded(what):
 # --- reverse sweep ------------------------------------------------------------------------
 
 
-def _adjoints(y, seed=1.0):
-    """Adjoints d y / d entry of every entry before y on its tape (a fresh array)."""
+def _grad_of(v):
+    k = v._k
+    g = k.grad
+    j = v._i - k.base
+    return float(g[j]) if g is not None and j < g.shape[0] else 0.0
+
+
+def _sweep(y, seed=1.0):
+    """The chunks y depends on (oldest first), where each starts among their gathered
+    entries, and the adjoint of every gathered entry: d y / d entry * seed."""
     if not isinstance(y, Value):
         raise TypeError(f"backward needs a Value, got {type(y).__name__}")
     t = y._t
     if not t.alive:
         raise StaleValueError(f"{y!r} is from a tape that was reset; its entries are gone")
-    n = y._i + 1
-    adj = np.zeros(n)
-    adj[y._i] = seed
-    e = t.entries(n)
-    try:
-        kernels.backward(e["a"], e["b"], e["da"], e["db"], adj, y._i)
-    finally:
-        del e
-    return adj
+    if t.tracing:
+        raise RuntimeError(
+            "backward() and gradients() inside a traced function would freeze their numbers into the tape; "
+            "use jitad.grad(f) around the traced function instead"
+        )
+    t.roll()  # close the open chunk: its dependencies become exact, and what follows starts afresh
+    chunks = t.reachable(y._k)
+    e, starts = t.gather(chunks)
+    last = int(starts[chunks.index(y._k)]) + y._i - y._k.base
+    _refuse_stale_leaves(y, chunks, e, starts, last)
+    adj = np.zeros(last + 1)
+    adj[last] = seed
+    kernels.backward(e["a"], e["b"], e["da"], e["db"], adj, last)
+    return chunks, starts, adj
+
+
+def _refuse_stale_leaves(y, chunks, e, starts, last):
+    """Raise if y's graph used a leaf whose .data was set afterwards: its partials hold the
+    old value, so its gradient would be stale."""
+    computed = [c.first_op for c in chunks if c.first_op is not None]
+    if not computed:
+        return
+    first = min(computed)
+    leaves, stamps = [], []
+    for c, start in zip(chunks, starts.tolist()):
+        for i, stamp in (c.mods or {}).items():
+            if stamp > first:
+                leaves.append(start + i - c.base)
+                stamps.append(stamp)
+    if not leaves:
+        return
+    n = last + 1
+    counts = np.diff(np.append(starts, e.shape[0]))
+    seq = (np.repeat(np.array([c.base for c in chunks]) - starts, counts) + np.arange(e.shape[0]))[:n]
+    stamp_at = np.zeros(n, dtype=np.int64)
+    stamp_at[leaves] = stamps
+    a, b = e["a"][:n], e["b"][:n]
+    used_old = np.zeros(n, dtype=np.bool_)
+    for operand in (a, b):
+        ok = operand >= 0
+        used_old[ok] |= seq[ok] < stamp_at[operand[ok]]
+    if not used_old.any():
+        return
+    reach = np.zeros(n)
+    reach[last] = 1.0
+    ones = np.ones(n)
+    kernels.backward(a, b, ones, ones, reach, last)
+    if (used_old & (reach != 0.0)).any():
+        raise StaleValueError(
+            f"{y!r} was computed from a leaf whose .data was set afterwards: its gradient would be stale; "
+            "compute it again from the current values"
+        )
 
 
 def gradients(y, wrt):
@@ -365,11 +515,15 @@ def gradients(y, wrt):
             raise TypeError(f"gradients: wrt must hold Values, got {type(v).__name__}")
         if v._t is not y._t:
             raise StaleValueError(f"{v!r} is not on the tape of {y!r}")
-    adj = _adjoints(y)
-    idx = np.fromiter((v._i for v in flat), dtype=np.int64, count=flat.size)
+    chunks, starts, adj = _sweep(y)
+    where = {id(c): start for c, start in zip(chunks, starts.tolist())}
     out = np.zeros(flat.size)
-    before = idx < adj.shape[0]  # entries recorded after y do not influence it
-    out[before] = adj[idx[before]]
+    for k, v in enumerate(flat):
+        start = where.get(id(v._k))
+        if start is not None:  # a chunk y does not reach has no influence on it
+            p = start + v._i - v._k.base
+            if p < adj.shape[0]:  # entries recorded after y do not influence it either
+                out[k] = adj[p]
     return out.reshape(w.shape)
 
 
@@ -444,6 +598,15 @@ abs = _function(_C["abs"], "|x|, branch-free; abs'(0) = 0")
 maximum = _function(_C["maximum"], "elementwise max, branch-free; a tie splits the gradient")
 minimum = _function(_C["minimum"], "elementwise min, branch-free; a tie splits the gradient")
 hypot = _function(_C["hypot"], "sqrt(x**2 + y**2) without overflow")
+floor = _function(_C["floor"], "largest integer <= x, as a float; recorded, zero derivative")
+ceil = _function(_C["ceil"], "smallest integer >= x, as a float; recorded, zero derivative")
+trunc = _function(_C["trunc"], "x rounded toward zero, as a float; recorded, zero derivative")
+rint = _function(_C["rint"], "x rounded to the nearest integer, half to even; recorded, zero derivative")
+mod = _function(_C["mod"], "x % y with the sign of y (Python's %, np.mod); d/dx = 1, d/dy = -(x // y)")
+floor_divide = _function(_C["floordiv"], "x // y (Python's //); recorded, zero derivative")
+stop_gradient = _function(
+    _C["stop_gradient"], "x with zero derivative; recorded, so a replay recomputes its value at new inputs"
+)
 less = _function(_C["lt"], "x < y as a recorded 1.0/0.0 Value: a branch-free condition for where()")
 less_equal = _function(_C["le"], "x <= y as a recorded 1.0/0.0 Value, branch-free")
 equal = _function(_C["eq"], "x == y as a recorded 1.0/0.0 Value, branch-free")
@@ -515,4 +678,99 @@ _UFUNCS = {
     "fmax": maximum,
     "fmin": minimum,
     "hypot": hypot,
+    "floor": floor,
+    "ceil": ceil,
+    "trunc": trunc,
+    "rint": rint,
+    "remainder": mod,
+    "floor_divide": floor_divide,
 }
+
+
+# Special functions and stable compositions (op table entries), and NumPy's names on Values.
+
+erf = _function(_C["erf"], "the error function")
+erfc = _function(_C["erfc"], "1 - erf(x), accurate where erf(x) is close to 1")
+lgamma = _function(_C["lgamma"], "log|Gamma(x)|; its derivatives are digamma and trigamma; inf at 0, -1, -2, ...")
+sign = _function(_C["sign"], "-1, 0 or 1 (sign(nan) is nan), recorded; its derivative is 0")
+log_sigmoid = _function(_C["log_sigmoid"], "log(sigmoid(x)) = -softplus(-x), without overflow")
+logaddexp = _function(_C["logaddexp"], "log(e**x + e**y) without overflow; its partials are the softmax weights")
+
+
+def logsumexp(values):
+    """log(sum(exp(values))) of a sequence or array of Values and numbers, without
+    overflow; its gradient is softmax(values). An empty sequence gives -inf.
+
+    Recorded as a pairwise tree of ``logaddexp``: n - 1 entries, depth log2(n), and each
+    partial a softmax weight of two partial sums, so rounding grows with log2(n), not n.
+    """
+    items = list(np.asarray(values, dtype=object).ravel())
+    if not items:
+        return -np.inf
+    while len(items) > 1:
+        pairs = [logaddexp(items[k], items[k + 1]) for k in range(0, len(items) - 1, 2)]
+        if len(items) % 2:
+            pairs.append(items[-1])
+        items = pairs
+    return items[0] if isinstance(items[0], Value) else _real(items[0], "logsumexp")
+
+
+def clip(x, lo, hi):
+    """x limited to [lo, hi], as np.clip: minimum(maximum(x, lo), hi), branch-free. At
+    x == lo or x == hi the gradient splits evenly, as in maximum/minimum and jnp.clip."""
+    return minimum(maximum(x, lo), hi)
+
+
+# Methods NumPy calls on Values: np.sum(v), np.max(v), np.mean(v), ... of a single Value
+# (NumPy hands a non-array to its method of that name), np.clip(v, lo, hi), and
+# np.conj on object arrays. A Value is a scalar: reductions over it return it.
+
+
+def _reduction_of_one(name, combine):
+    def method(self, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=True):
+        if axis not in (None, ()):
+            raise np.exceptions.AxisError(f"{name}: axis {axis} is out of bounds for a Value (a scalar)")
+        if out is not None or where is not True:
+            raise TypeError(f"{name} of a Value takes no out= or where=")
+        return self if initial is None else combine(initial, self)
+
+    method.__name__ = name
+    method.__doc__ = f"np.{name} of a scalar: the Value itself (combined with ``initial`` when given)."
+    return method
+
+
+def _mean(self, axis=None, dtype=None, out=None, keepdims=False, where=True):
+    return _reduction_of_one("mean", None)(self, axis, dtype, out, keepdims, None, where)
+
+
+def _clip_method(self, min=None, max=None, out=None, **kwargs):
+    if out is not None or kwargs:
+        raise TypeError("clip of a Value takes no out= or other keywords")
+    lo = -np.inf if min is None else min
+    hi = np.inf if max is None else max
+    return clip(self, lo, hi)
+
+
+Value.sum = _reduction_of_one("sum", lambda a, b: a + b)
+Value.prod = _reduction_of_one("prod", lambda a, b: a * b)
+Value.max = _reduction_of_one("max", maximum)
+Value.min = _reduction_of_one("min", minimum)
+Value.mean = _mean
+Value.clip = _clip_method
+Value.conjugate = lambda self: self
+Value.sign = sign
+Value.erf = erf
+Value.erfc = erfc
+
+_UFUNCS.update(
+    {
+        "sign": sign,
+        "logaddexp": logaddexp,
+        # scipy.special's ufuncs dispatch here too on a Value
+        "erf": erf,
+        "erfc": erfc,
+        "gammaln": lgamma,
+        "expit": sigmoid,
+        "log_expit": log_sigmoid,
+    }
+)

@@ -520,8 +520,8 @@ def test_value_as_parameter_is_refused():
 
 @pytest.mark.parametrize(
     "convert",
-    [lambda v: float(v), lambda v: bool(v), lambda v: v.data, lambda v: math.sin(v), lambda v: 1.0 if v else 0.0],
-    ids=["float", "bool", ".data", "math.sin", "if v"],
+    [lambda v: int(v), lambda v: bool(v), lambda v: v.data, lambda v: v.item(), lambda v: 1.0 if v else 0.0],
+    ids=["int", "bool", ".data", "item", "if v"],
 )
 def test_unguarded_conversions_warn_while_tracing(convert):
     def f(x):
@@ -538,7 +538,7 @@ def test_unguarded_conversions_warn_while_tracing(convert):
 
 def test_unguarded_warning_points_at_the_conversion():
     def f(x):
-        return x[0] * float(x[0])  # the conversion
+        return x[0] * x[0].item()  # the conversion
 
     with pytest.warns(jitad.UnguardedConversionWarning) as record:
         jitad.trace(f, np.array([1.0]))
@@ -551,7 +551,25 @@ def test_no_warning_outside_tracing():
         warnings.simplefilter("error")
         with jitad.Tape():
             v = Value(2.0)
-            assert float(v) == 2.0 and bool(v) and v.data == 2.0
+            assert v.item() == 2.0 and int(v) == 2 and bool(v) and v.data == 2.0
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [lambda v: float(v), lambda v: math.sin(v), lambda v: np.array([v], dtype=float), lambda v: "%f" % v],
+    ids=["float", "math.sin", "float array", "%f"],
+)
+def test_conversions_that_drop_the_derivative_raise(convert):
+    # The same __float__ serves all of these, so none can be told apart from a lost gradient.
+    with jitad.Tape():
+        with pytest.raises(TypeError, match=r"v\.item\(\)"):
+            convert(Value(2.0))
+
+    def f(x):
+        return x[0] * convert(x[0])
+
+    with pytest.raises(TypeError, match="drop its derivative"):
+        jitad.trace(f, np.array([1.0]))
 
 
 # --- bad input at the boundary ------------------------------------------------------------
