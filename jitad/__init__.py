@@ -5,7 +5,7 @@ from .graph import draw, to_dot
 from .io import InvalidTape, load
 from .tape import StaleValueError, Tape
 from .trace import BranchChanged, TapeFunction, trace
-from .transforms import grad, hessian, hvp, jacobian, value_and_grad
+from .transforms import grad, hessian, hvp, jacobian, jvp, value_and_grad, vjp
 from .value import (
     UnguardedConversionWarning,
     Value,
@@ -15,10 +15,13 @@ from .value import (
     atan,
     atan2,
     cos,
+    ceil,
     cosh,
     equal,
     exp,
     expm1,
+    floor,
+    floor_divide,
     gradients,
     greater,
     greater_equal,
@@ -29,21 +32,40 @@ from .value import (
     log1p,
     maximum,
     minimum,
+    mod,
     not_equal,
     relu,
+    rint,
     sigmoid,
     sin,
     sinh,
     softplus,
     sqrt,
+    stop_gradient,
     tan,
     tanh,
+    trunc,
+    clip,
+    erf,
+    erfc,
+    lgamma,
+    log_sigmoid,
+    logaddexp,
+    logsumexp,
+    sign,
     where,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ceil",
+    "floor",
+    "floor_divide",
+    "mod",
+    "rint",
+    "stop_gradient",
+    "trunc",
     "BranchChanged",
     "TapeFunction",
     "trace",
@@ -52,6 +74,8 @@ __all__ = [
     "hvp",
     "jacobian",
     "value_and_grad",
+    "jvp",
+    "vjp",
     "StaleValueError",
     "Tape",
     "UnguardedConversionWarning",
@@ -90,5 +114,13 @@ __all__ = [
     "sqrt",
     "tan",
     "tanh",
+    "clip",
+    "erf",
+    "erfc",
+    "lgamma",
+    "log_sigmoid",
+    "logaddexp",
+    "logsumexp",
+    "sign",
     "where",
 ]
