@@ -4,6 +4,7 @@ the kernels do no bounds checks, so an unchecked operand index is a memory-safet
 """
 
 import json
+import numbers
 import pickle
 
 import numpy as np
@@ -20,6 +21,10 @@ INDICES = {"inputs": np.int32, "params": np.int32, "outputs": np.int32, "guards"
 _META_KEYS = {"format", "version", "scalar", "retrace", "param_shapes", "sites", "lines"}
 _ARITY = np.array([op.arity for op in ops.OPS], dtype=np.int8)
 _IS_COMPARISON = np.isin(np.arange(len(ops.OPS)), sorted(ops.COMPARISONS))
+# Tapes longer than this are refused by ``load`` unless ``max_entries=`` raises it: about
+# 0.4 GB of columns, read only after every array's header has been checked against it.
+MAX_ENTRIES = 2**24
+_META_BYTES_PER_ENTRY = 512  # room for a source line per entry (debug mode) in 'meta'
 
 _FROM_FILE = "it was loaded from a file, which holds the tape but not the Python function"
 _FROM_ARRAYS = "it was rebuilt from its arrays (jitad.io.from_arrays), which hold the tape but not the Python function"
@@ -43,17 +48,22 @@ def save(F, path):
         np.savez(fh, **arrays)
 
 
-def load(path):
+def load(path, max_entries=MAX_ENTRIES):
     """Read a tape written by ``save`` and return a ``TapeFunction`` that replays it.
 
     Raises ``InvalidTape`` (a ``ValueError``) naming the problem when the file is not such
     an archive or any array in it is inconsistent; ``OSError`` when it cannot be opened.
+    Every array's header (dtype, shape) is checked against the others and against
+    ``max_entries`` (2**24 by default) before any data is read, so a small file cannot
+    make ``load`` allocate more than a tape of ``max_entries`` entries needs.
     """
     _check_path(path)
+    if isinstance(max_entries, bool) or not isinstance(max_entries, numbers.Integral) or max_entries < 1:
+        raise ValueError(f"max_entries must be a positive integer, got {max_entries!r}")
     if hasattr(path, "read"):
-        return from_arrays(_read_archive(path), _FROM_FILE)
+        return from_arrays(_read_archive(path, int(max_entries)), _FROM_FILE)
     with open(path, "rb") as fh:
-        return from_arrays(_read_archive(fh), _FROM_FILE)
+        return from_arrays(_read_archive(fh, int(max_entries)), _FROM_FILE)
 
 
 def _check_path(path):
@@ -62,9 +72,17 @@ def _check_path(path):
         raise TypeError(f"a path or a file object is needed, got {type(path).__name__} {path!r}")
 
 
-def _read_archive(fh):
+def _read_archive(fh, max_entries):
     try:
-        archive = np.load(fh, allow_pickle=False)
+        magic = fh.read(len(np.lib.format.MAGIC_PREFIX))
+        fh.seek(-len(magic), 1)
+    except Exception as e:  # noqa: BLE001 - unreadable or unseekable
+        raise InvalidTape(f"not a jitad tape archive (.npz): {type(e).__name__}: {e}") from None
+    if magic == np.lib.format.MAGIC_PREFIX:
+        # np.load would read a bare .npy array in full, whatever its header claims.
+        raise InvalidTape("not a jitad tape archive (.npz): found a single ndarray")
+    try:
+        archive = np.load(fh, allow_pickle=False)  # an .npz: members are read on access
     except Exception as e:  # noqa: BLE001 - any failure to parse is a bad file
         raise InvalidTape(f"not a jitad tape archive (.npz): {type(e).__name__}: {e}") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -72,6 +90,7 @@ def _read_archive(fh):
     with archive:
         names = set(archive.files)
         _check_keys(names)
+        _check_headers({name: _header(archive, name) for name in names}, max_entries)
         arrays = {}
         for name in sorted(names):
             try:
@@ -79,6 +98,55 @@ def _read_archive(fh):
             except Exception as e:  # noqa: BLE001 - truncated, corrupted or object arrays
                 raise InvalidTape(f"array {name!r} cannot be read: {type(e).__name__}: {e}") from None
     return arrays
+
+
+def _header(archive, name):
+    """(shape, dtype) of member ``name`` from its .npy header, without reading its data."""
+    member = name if name in archive.zip.namelist() else name + ".npy"
+    try:
+        with archive.zip.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f".npy format version {version} (a jitad tape uses 1.0 or 2.0)")
+    except Exception as e:  # noqa: BLE001 - truncated, corrupted or unsupported headers
+        raise InvalidTape(f"array {name!r} cannot be read: {type(e).__name__}: {e}") from None
+    return shape, dtype
+
+
+def _check_headers(headers, max_entries):
+    """Dtypes, ranks and lengths from the headers: consistent and within ``max_entries``,
+    before any array's data is read (a compressed member can claim gigabytes)."""
+    for name, (shape, dtype) in headers.items():
+        expected = np.dtype({**COLUMNS, **INDICES, "meta": np.uint8}[name])
+        if dtype.hasobject:
+            raise InvalidTape(f"array {name!r} cannot be read: it holds Python objects (pickles), never loaded")
+        if dtype != expected:
+            raise InvalidTape(f"{name!r} must have dtype {expected}, got {dtype}")
+        if len(shape) != 1:
+            raise InvalidTape(f"{name!r} must be 1-D, got shape {shape}")
+    n = headers["op"][0][0]
+    if n == 0:
+        raise InvalidTape("the tape has no entries")
+    if n > max_entries:
+        raise InvalidTape(
+            f"the tape has {n} entries, more than max_entries = {max_entries}; "
+            "pass a larger max_entries= to load a tape this long"
+        )
+    for name in COLUMNS:
+        if headers[name][0][0] != n:
+            raise InvalidTape(f"column {name!r} has {headers[name][0][0]} entries, 'op' has {n}")
+    for name in INDICES:
+        # inputs, params and guards are distinct entries; outputs may repeat one
+        limit = max_entries if name == "outputs" else n
+        if headers[name][0][0] > limit:
+            raise InvalidTape(f"{name!r} lists {headers[name][0][0]} entries, the tape has {n}")
+    meta_limit = 2**20 + _META_BYTES_PER_ENTRY * n
+    if headers["meta"][0][0] > meta_limit:
+        raise InvalidTape(f"'meta' has {headers['meta'][0][0]} bytes, more than {meta_limit} for a tape of {n} entries")
 
 
 def to_arrays(F):
