@@ -114,19 +114,18 @@ def _chunk_of(s, bases, j):
 def positions(a, b, bases, starts):
     """Rewrite operand sequence numbers as positions in a gathered array, where chunk j's
     entries, numbered from bases[j] (ascending), sit from position starts[j] on."""
-    j = 0
-    last = starts.shape[0] - 1
-    for i in range(a.shape[0]):
-        while j < last and i >= starts[j + 1]:
-            j += 1
-        s = a[i]
-        if s >= 0:
-            k = _chunk_of(s, bases, j)
-            a[i] = starts[k] + s - bases[k]
-        s = b[i]
-        if s >= 0:
-            k = _chunk_of(s, bases, j)
-            b[i] = starts[k] + s - bases[k]
+    n = starts.shape[0]
+    for j in range(n):
+        stop = starts[j + 1] if j + 1 < n else a.shape[0]
+        for i in range(starts[j], stop):
+            s = a[i]
+            if s >= 0:
+                k = _chunk_of(s, bases, j)
+                a[i] = starts[k] + s - bases[k]
+            s = b[i]
+            if s >= 0:
+                k = _chunk_of(s, bases, j)
+                b[i] = starts[k] + s - bases[k]
 
 
 @kernel

@@ -8,6 +8,7 @@ soon as nothing can reach it, so an eager training loop runs in constant space a
 backward sweep visits only the chunks its output depends on.
 """
 
+import itertools
 import struct
 import threading
 import weakref
@@ -35,10 +36,12 @@ PROGRAM_ENTRY = np.dtype(
 MAX_ENTRIES = 2**31 - 1  # operand positions of a Program are int32
 
 # A chunk is closed when it holds CHUNK entries, at every backward(), at the first op after
-# a run of leaves (so that parameters live apart from what is computed from them), and at
-# a leaf created after SPLIT computed entries (so that each pass of a loop starts afresh).
+# a run of LEAVES or more leaves (so that parameters live apart from what is computed from
+# them), and at a leaf created after SPLIT computed entries (so that each pass of a loop
+# starts afresh).
 CHUNK = 1 << 14
 SPLIT = 256
+LEAVES = 32  # fewer leaves share a chunk with what follows (a chunk costs microseconds)
 
 
 class StaleValueError(RuntimeError):
@@ -129,7 +132,7 @@ class _Recorder:
     def before_op(self):
         """Called by the first op after a leaf, and when the open chunk is full."""
         chunk = self.chunk
-        if self.n >= self.full or (chunk.first_op is None and chunk.buf):
+        if self.n >= self.full or (chunk.first_op is None and len(chunk.buf) >= LEAVES * _SIZE):
             self.roll()
             chunk = self.chunk
         if chunk.first_op is None:
@@ -143,20 +146,29 @@ class _Recorder:
     def gather(self, chunks):
         """The entries of ``chunks`` (oldest first) as one array, operands as positions in it,
         and the position of each chunk's first entry."""
-        bufs = [bytes(c.buf) for c in chunks]
-        e = np.frombuffer(b"".join(bufs), dtype=ENTRY).copy()
-        starts = np.zeros(len(chunks), dtype=np.int64)
-        np.cumsum([len(b) // _SIZE for b in bufs[:-1]], out=starts[1:])
+        sizes = [len(c.buf) for c in chunks]
+        e = np.empty(sum(sizes) // _SIZE, dtype=ENTRY)
+        raw = e.view(np.uint8)
+        at = 0
+        for c, size in zip(chunks, sizes):
+            # Raw bytes: NumPy copies a structured array field by field, 50x slower.
+            raw[at : at + size] = np.frombuffer(c.buf, dtype=np.uint8, count=size)
+            at += size
+        starts = np.fromiter(itertools.accumulate(sizes[:-1], initial=0), dtype=np.int64, count=len(sizes))
+        starts //= _SIZE
         bases = np.array([c.base for c in chunks], dtype=np.int64)
         kernels.positions(e["a"], e["b"], bases, starts)
         return e, starts
 
     def entries(self):
-        """Every live entry as a Program-format array (int32 positions; a copy)."""
+        """Every live entry in the Program layout (int32 positions), a copy."""
         e, _ = self.gather(self.live())
         if e.shape[0] > MAX_ENTRIES:
             raise OverflowError(f"a traced tape holds at most {MAX_ENTRIES} entries (operand indices are int32)")
-        return e.astype(PROGRAM_ENTRY)
+        out = np.empty(e.shape[0], dtype=PROGRAM_ENTRY)
+        for name in ENTRY.names:
+            out[name] = e[name]
+        return out
 
     def reachable(self, chunk):
         """``chunk`` and every chunk its entries depend on, oldest first: no recursion."""
