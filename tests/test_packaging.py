@@ -119,25 +119,34 @@ def read_only_install(wheel):
     shutil.rmtree(base)
 
 
+@pytest.fixture
+def temp_for_nobody():
+    """A directory for TMPDIR that the user nobody can reach (pytest's tmp_path is private)."""
+    path = Path(tempfile.mkdtemp(prefix="jitad-tmp-"))
+    yield path
+    path.chmod(0o755)
+    shutil.rmtree(path)
+
+
 @pytest.mark.slow
-def test_read_only_install_without_home_runs_uncached(read_only_install, tmp_path):
+def test_read_only_install_without_home_runs_uncached(read_only_install, temp_for_nobody):
     """No writable location at all (package, home, temp dir): one warning, right numbers."""
     setpriv = _nobody()
-    tmp_path.chmod(0o555)  # TMPDIR exists but nobody can write it
-    env = _clean_env(HOME="/nonexistent", TMPDIR=str(tmp_path), PYTHONPATH=str(read_only_install))
+    temp_for_nobody.chmod(0o555)  # TMPDIR exists but nobody can write it
+    env = _clean_env(HOME="/nonexistent", TMPDIR=str(temp_for_nobody), PYTHONPATH=str(read_only_install))
     done = _run([*setpriv, sys.executable, "-c", GRADIENT], env=env, cwd="/")
     assert done.stdout.strip() == "[1.0, 2.0]"
     assert done.stderr.count("RuntimeWarning: jitad: no writable directory for compiled kernels") == 1
 
 
-def test_read_only_install_without_home_caches_in_temp(read_only_install, tmp_path):
+def test_read_only_install_without_home_caches_in_temp(read_only_install, temp_for_nobody):
     setpriv = _nobody()
-    tmp_path.chmod(0o777)
-    env = _clean_env(HOME="/nonexistent", TMPDIR=str(tmp_path), PYTHONPATH=str(read_only_install))
+    temp_for_nobody.chmod(0o777)
+    env = _clean_env(HOME="/nonexistent", TMPDIR=str(temp_for_nobody), PYTHONPATH=str(read_only_install))
     script = "import os, jitad; print(jitad._config.CACHE_DIR, oct(os.stat(jitad._config.CACHE_DIR).st_mode & 0o777))"
     done = _run([*setpriv, sys.executable, "-W", "error", "-c", script], env=env, cwd="/")
     uid = pwd.getpwnam("nobody").pw_uid
-    assert done.stdout.split() == [str(tmp_path / f"jitad-{uid}" / "numba"), "0o700"]
+    assert done.stdout.split() == [str(temp_for_nobody / f"jitad-{uid}" / "numba"), "0o700"]
 
 
 def test_planted_temp_cache_dir_is_not_used(tmp_path):
