@@ -13,80 +13,7 @@ import pytest
 
 import jitad
 from jitad import StaleValueError, Value
-
-
-# --- micrograd's nn.py, in its own style, on jitad's Value ------------------------------------
-
-
-class Module:
-    def zero_grad(self):
-        for p in self.parameters():
-            p.grad = 0
-
-    def parameters(self):
-        return []
-
-
-class Neuron(Module):
-    def __init__(self, nin, nonlin=True):
-        self.w = [Value(random.uniform(-1, 1)) for _ in range(nin)]
-        self.b = Value(0)
-        self.nonlin = nonlin
-
-    def __call__(self, x):
-        act = sum((wi * xi for wi, xi in zip(self.w, x)), self.b)
-        return act.relu() if self.nonlin else act
-
-    def parameters(self):
-        return self.w + [self.b]
-
-
-class Layer(Module):
-    def __init__(self, nin, nout, **kwargs):
-        self.neurons = [Neuron(nin, **kwargs) for _ in range(nout)]
-
-    def __call__(self, x):
-        out = [n(x) for n in self.neurons]
-        return out[0] if len(out) == 1 else out
-
-    def parameters(self):
-        return [p for n in self.neurons for p in n.parameters()]
-
-
-class MLP(Module):
-    def __init__(self, nin, nouts):
-        sz = [nin] + nouts
-        self.layers = [Layer(sz[i], sz[i + 1], nonlin=i != len(nouts) - 1) for i in range(len(nouts))]
-
-    def __call__(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
-
-    def parameters(self):
-        return [p for layer in self.layers for p in layer.parameters()]
-
-
-def moons(n, seed=1):
-    """Two interleaved half circles with noise, labels -1/1 (sklearn's make_moons, by hand)."""
-    rng = np.random.default_rng(seed)
-    t = rng.uniform(0, math.pi, n)
-    upper = rng.random(n) < 0.5
-    X = np.where(upper[:, None], np.c_[np.cos(t), np.sin(t)], np.c_[1 - np.cos(t), 0.5 - np.sin(t)])
-    return X + rng.normal(0, 0.1, X.shape), np.where(upper, 1, -1)
-
-
-def loss(model, X, y, Value=Value):
-    # micrograd's demo.ipynb: SVM max-margin loss + L2 regularization, accuracy.
-    inputs = [list(map(Value, xrow)) for xrow in X]
-    scores = list(map(model, inputs))
-    losses = [(1 + -yi * scorei).relu() for yi, scorei in zip(y, scores)]
-    data_loss = sum(losses) * (1.0 / len(losses))
-    alpha = 1e-4
-    reg_loss = alpha * sum(p * p for p in model.parameters())
-    total_loss = data_loss + reg_loss
-    accuracy = [(yi > 0) == (scorei.data > 0) for yi, scorei in zip(y, scores)]
-    return total_loss, sum(accuracy) / len(accuracy)
+from jitad.demo import MLP, Reference, loss, moons
 
 
 def float_loss(params, X, y, sizes):
@@ -151,11 +78,11 @@ def test_gradients_equal_a_reference_engine_step_by_step():
     X, y = moons(12, seed=3)
     model = MLP(2, [4, 4, 1])
     random.seed(7)
-    ref_model = _ref_mlp(2, [4, 4, 1])
+    ref_model = MLP(2, [4, 4, 1], Value=Reference)
     for _ in range(3):
         total_loss, _ = loss(model, X, y)
-        ref_loss, _ = loss(ref_model, X, y, Value=Node)
-        assert total_loss.data == pytest.approx(ref_loss.value, rel=1e-14)
+        ref_loss, _ = loss(ref_model, X, y, Value=Reference)
+        assert total_loss.data == pytest.approx(ref_loss.data, rel=1e-14)
         model.zero_grad()
         total_loss.backward()
         for p in ref_model.parameters():
@@ -165,90 +92,7 @@ def test_gradients_equal_a_reference_engine_step_by_step():
         np.testing.assert_allclose(grads, [p.grad for p in ref_model.parameters()], rtol=1e-12, atol=1e-15)
         for p, q in zip(model.parameters(), ref_model.parameters()):
             p.data -= 0.5 * p.grad
-            q.value -= 0.5 * q.grad
-
-
-class Node:
-    """The seeds' dynamic graph (micrograd's engine), as the reference: plain floats."""
-
-    def __init__(self, value, children=()):
-        self.value = float(value)
-        self.grad = 0.0
-        self._backward = lambda: None
-        self._prev = children
-
-    @property
-    def data(self):
-        return self.value
-
-    def __add__(self, other):
-        other = other if isinstance(other, Node) else Node(other)
-        out = Node(self.value + other.value, (self, other))
-
-        def _backward():
-            self.grad += out.grad
-            other.grad += out.grad
-
-        out._backward = _backward
-        return out
-
-    def __mul__(self, other):
-        other = other if isinstance(other, Node) else Node(other)
-        out = Node(self.value * other.value, (self, other))
-
-        def _backward():
-            self.grad += other.value * out.grad
-            other.grad += self.value * out.grad
-
-        out._backward = _backward
-        return out
-
-    def relu(self):
-        out = Node(max(self.value, 0.0), (self,))
-
-        def _backward():
-            self.grad += (out.value > 0) * out.grad
-
-        out._backward = _backward
-        return out
-
-    __radd__ = __add__
-    __rmul__ = __mul__
-
-    def __neg__(self):
-        return self * -1
-
-    def backward(self):
-        # Iterative topological order (the seeds' version recurses).
-        topo, seen, stack = [], set(), [(self, False)]
-        while stack:
-            v, done = stack.pop()
-            if done:
-                topo.append(v)
-            elif id(v) not in seen:
-                seen.add(id(v))
-                stack.append((v, True))
-                stack.extend((c, False) for c in v._prev)
-        self.grad = 1.0
-        for v in reversed(topo):
-            v._backward()
-
-
-def _ref_mlp(nin, nouts):
-    model = MLP.__new__(MLP)
-    sz = [nin] + nouts
-    model.layers = []
-    for i in range(len(nouts)):
-        layer = Layer.__new__(Layer)
-        layer.neurons = []
-        for _ in range(sz[i + 1]):
-            n = Neuron.__new__(Neuron)
-            n.w = [Node(random.uniform(-1, 1)) for _ in range(sz[i])]
-            n.b = Node(0)
-            n.nonlin = i != len(nouts) - 1
-            layer.neurons.append(n)
-        model.layers.append(layer)
-    return model
+            q.data -= 0.5 * q.grad
 
 
 # --- lifecycle ------------------------------------------------------------------------------
