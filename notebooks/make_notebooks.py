@@ -58,6 +58,62 @@ print(f"{len(tape)} tape entries")
 assert (round(g.data, 4), round(a.grad, 4), round(b.grad, 4)) == (24.7041, 138.8338, 645.5773)  # micrograd's numbers
 """),
     md("""
+## The seeds' graph: dynamic and static
+
+$b = 5 - 3a$, $c = 2b + 3$, $d = 5b + 6$, $e = 7c + d^2$, $f = 2e$, $g = 3f - o$ at
+$a = 2$, $o = 1$. By the chain rule $dg/da = (84 + 60d)(-3) = -252 - 180d$ and
+$dg/do = -1$. Eagerly, the graph is recorded as the code runs (a *dynamic* graph):
+"""),
+    code("""
+def graph(a, o):
+    b = 5 - 3 * a
+    c = 2 * b + 3
+    d = 5 * b + 6
+    e = 7 * c + d**2
+    f = 2 * e
+    g = 3 * f - o
+    return b, c, d, e, f, g
+
+a, o = Value(2.0), Value(1.0)
+b, c, d, e, f, g = graph(a, o)
+g.backward()
+print(f"g = {g.data}, dg/da = {a.grad} (-252 - 180 d = {-252 - 180 * d.data}), dg/do = {o.grad}")
+print("dg/d(b, c, d, e, f) =", jitad.gradients(g, [b, c, d, e, f]))
+assert (g.data, a.grad, o.grad) == (47.0, -432.0, -1.0)
+assert jitad.gradients(g, [b, c, d, e, f]).tolist() == [144.0, 42.0, 12.0, 6.0, 3.0]
+"""),
+    md("Traced once, the same code is a *static* graph, replayed in compiled code at any point:"),
+    code("""
+G = jitad.trace(lambda x: graph(x[0], x[1])[-1], np.array([2.0, 1.0]))
+print(G.value_and_grad(np.array([2.0, 1.0])))
+print(G.value_and_grad(np.array([1.0, 1.0])), "(d = 16: -252 - 180 d =", -252 - 180 * 16, ")")
+"""),
+    md("""
+## micrograd's training loop, unchanged
+
+micrograd's `nn.py` (here `jitad.demo.MLP`) and the loop of its demo notebook run on
+jitad's `Value` as they are, on the default tape: `p.data -= learning_rate * p.grad`
+updates the leaves, and entries that no Value can reach any more are freed, so the tape
+stays the same size from step to step.
+"""),
+    code("""
+import random
+from jitad.demo import MLP, loss, moons
+
+X, y = moons(100)
+random.seed(1337)
+model = MLP(2, [16, 16, 1])
+for k in range(20):
+    total_loss, acc = loss(model, X, y)
+    model.zero_grad()
+    total_loss.backward()
+    learning_rate = 1.0 - 0.9 * k / 100
+    for p in model.parameters():
+        p.data -= learning_rate * p.grad
+    if k % 5 == 0:
+        print(f"step {k} loss {total_loss.data:.4f}, accuracy {acc * 100:.0f}%, tape entries {len(jitad.tape.active())}")
+"""),
+    md("""
 ## Gradients with respect to any node
 
 `backward()` accumulates into `.grad` (PyTorch semantics). `jitad.gradients(y, wrt)`
