@@ -14,6 +14,7 @@ import numba
 import numpy as np
 
 from . import debug, kernels, ops
+from . import progress as _progress
 from .optimize import optimize as _optimize
 from .tape import Tape
 from .value import StaleValueError, Value
@@ -112,7 +113,7 @@ def _real_array(arg, what):
 _NO_PARAMS = np.empty(0)
 
 
-def record(f, x, args):
+def record(f, x, args, progress=False):
     """Call f on input Values at x and parameter Values at args; return the Program."""
     x = _as_vector(x, None)
     arrays = [_real_array(arg, f"parameter {k}") for k, arg in enumerate(args)]
@@ -133,7 +134,8 @@ def record(f, x, args):
                     flat[k] = Value(float(v))
                 ps.append(boxed if p.ndim else boxed[()])
             n_params = len(tape) - first_param
-            out = f(xs, *ps)
+            with _progress.watch(f"recording {getattr(f, '__name__', 'f')}", progress, count=tape.__len__):
+                out = f(xs, *ps)
         finally:
             rec.tracing = False
         outputs = _output_indices(out, rec)
@@ -644,14 +646,17 @@ def _check_batch_arrays(program, X, P, values, grads, want_grad):
         )
 
 
-def trace(f, x0, *args, retrace="auto", optimize=False):
+def trace(f, x0, *args, retrace="auto", optimize=False, progress=None):
     """Record ``f(x, *args)`` at ``x0`` and return a ``TapeFunction`` that replays it.
 
     ``f`` receives ``x`` as a 1-D object array of Values and returns a Value or a sequence of
     Values. ``args`` (numbers or arrays) become parameters: they can change between calls
     without re-recording and get no derivative. ``optimize=True`` folds constants, shares
     common subexpressions and drops unused entries before replaying (worth it for tapes
-    with repeated work and many replays; see benchmarks/RESULTS.md).
+    with repeated work and many replays; see benchmarks/RESULTS.md). ``progress`` shows
+    how recording and optimizing go once they take more than a few seconds (``None``: when
+    stderr is a terminal; tqdm when installed).
     """
-    program, scalar = record(f, x0, args)
-    return TapeFunction(f, program, scalar, retrace=retrace, optimize=optimize)
+    program, scalar = record(f, x0, args, progress=progress)
+    with _progress.watch(f"optimizing {len(program):,} entries", progress if optimize else False):
+        return TapeFunction(f, program, scalar, retrace=retrace, optimize=optimize)
