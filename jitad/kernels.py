@@ -102,6 +102,22 @@ def backward(a, b, da, db, adj, last):
 # --- eager tapes: entries in chunks, operands as sequence numbers -------------------------
 
 
+@kernel
+def backward_from(a, b, da, db, adj, last, base):
+    """``backward`` over one chunk whose entries are numbered from ``base`` (operands are
+    sequence numbers, all in the chunk): adj[k] belongs to entry base + k."""
+    for i in range(last, -1, -1):
+        g = adj[i]
+        if g == 0.0:
+            continue
+        ia = a[i]
+        if ia >= 0:
+            adj[ia - base] += _product(da[i], g)
+        ib = b[i]
+        if ib >= 0:
+            adj[ib - base] += _product(db[i], g)
+
+
 @inline
 def _chunk_of(s, bases, j):
     # The chunk holding sequence number s: chunk j itself (the common case), or an older one.

@@ -6,38 +6,19 @@ same formula runs again on NumPy scalars, which give the IEEE result.
 """
 
 import inspect
-import types
 import warnings
 
 import numpy as np
 
 from . import debug, kernels, ops
-from .tape import PACK, SPLIT, StaleValueError, _state, set_leaf
-
-# The same formulas with NumPy's scalar math, which follows IEEE where Python's raises.
-_NUMPY_MATH = types.SimpleNamespace(
-    **{
-        name: getattr(np, name)
-        for name in ("exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tan", "sinh", "cosh", "tanh", "hypot")
-    },
-    asin=np.arcsin,
-    acos=np.arccos,
-    atan=np.arctan,
-    atan2=np.arctan2,
-    pow=np.power,
-    fmod=np.fmod,
-    copysign=np.copysign,
-)
-_IEEE = {}  # opcode -> its formula reading NumPy's math, made on first use
-
+from .tape import ENTRY, PACK, SPLIT, StaleValueError, _state, set_leaf
 
 def _ieee(code, x, y):
-    """Op ``code`` on (x, y) with IEEE results (inf, nan) where Python's math would raise."""
-    if not _IEEE:
-        _IEEE.update(ops.formulas(_NUMPY_MATH))
-    f = _IEEE[code]
-    with np.errstate(all="ignore"):
-        return tuple(float(r) for r in f(np.float64(x), np.float64(y)))
+    """Op ``code`` on (x, y) with IEEE results (inf, nan) where Python's math raises: the
+    compiled formula, so that recording gets the very bits replay computes (NumPy's SIMD
+    math, the other IEEE route, differs from libm in the last bit for pow and atan2)."""
+    v, dx, dy, dxx, dxy, dyy = kernels.evaluate_op(code, float(x), float(y))
+    return v, dx, dy, dxx, dxy, dyy
 
 
 class UnguardedConversionWarning(UserWarning):
@@ -236,14 +217,8 @@ class Value:
         if not t.alive:
             raise StaleValueError(f"{self!r} is from a tape that was reset")
         value = 0.0 if value is None else _real(value, ".grad")
-        k = self._k
-        j = self._i - k.base
-        if k.grad is None or k.grad.shape[0] <= j:
-            grown = np.zeros(max(j + 1, len(k), 16))
-            if k.grad is not None:
-                grown[: k.grad.shape[0]] = k.grad
-            k.grad = grown
-        k.grad[j] = value
+        j = self._i - self._k.base
+        _grads(self._k, j + 1)[j] = value
 
     @property
     def tape(self):
@@ -304,9 +279,7 @@ class Value:
         chunks, starts, adj = _sweep(self, _real(gradient, "the gradient seed of backward"))
         for c, start in zip(chunks, starts.tolist()):
             part = adj[start : start + len(c)]
-            if c.grad is None:
-                c.grad = np.zeros(len(c))
-            c.grad[: part.shape[0]] += part
+            _grads(c, part.shape[0])[: part.shape[0]] += part
 
     def detach(self):
         """This value without derivative: ``jitad.stop_gradient(self)``."""
@@ -451,15 +424,40 @@ def _sweep(y, seed=1.0):
             "backward() and gradients() inside a traced function would freeze their numbers into the tape; "
             "use jitad.grad(f) around the traced function instead"
         )
-    t.roll()  # close the open chunk: its dependencies become exact, and what follows starts afresh
-    chunks = t.reachable(y._k)
+    k = y._k
+    if k is t.chunk and (k.deps or len(k.buf) >= SPLIT * ENTRY.itemsize):
+        t.roll()  # close the open chunk: its dependencies become exact, what follows starts afresh
+    if not k.deps and not k.mods:
+        # y's graph lies in its own chunk (the common case for small graphs): sweep it where it is.
+        last = y._i - k.base
+        adj = np.zeros(last + 1)
+        adj[last] = seed
+        e = np.frombuffer(k.buf, dtype=ENTRY, count=last + 1)
+        kernels.backward_from(e["a"], e["b"], e["da"], e["db"], adj, last, k.base)
+        del e  # the open chunk's buffer cannot grow while a view of it is alive
+        return [k], _START, adj
+    chunks = t.reachable(k)
     e, starts = t.gather(chunks)
-    last = int(starts[chunks.index(y._k)]) + y._i - y._k.base
+    last = int(starts[chunks.index(k)]) + y._i - k.base
     _refuse_stale_leaves(y, chunks, e, starts, last)
     adj = np.zeros(last + 1)
     adj[last] = seed
     kernels.backward(e["a"], e["b"], e["da"], e["db"], adj, last)
     return chunks, starts, adj
+
+
+_START = np.zeros(1, dtype=np.int64)
+
+
+def _grads(chunk, n):
+    """The chunk's gradient array, holding at least n entries (an open chunk grows)."""
+    g = chunk.grad
+    if g is None or g.shape[0] < n:
+        grown = np.zeros(max(n, len(chunk)))
+        if g is not None:
+            grown[: g.shape[0]] = g
+        chunk.grad = g = grown
+    return g
 
 
 def _refuse_stale_leaves(y, chunks, e, starts, last):

@@ -17,12 +17,6 @@ COMPUTED = [op for op in ops.OPS if op.formula is not None]
 POINTS = 100_000  # per op
 
 
-# Where Python's math raises, recording reruns the formula through ``value._ieee``, which
-# reads NumPy's scalar math; NumPy's SIMD loops (AVX-512) differ from libm in the last bit
-# for these ops. The cure is for ``_ieee`` to call ``kernels.evaluate_op`` (value.py is
-# being redesigned; see benchmarks/RESULTS.md, "Reliability campaigns").
-NUMPY_FALLBACK_DIFFERS = {"pow", "powc", "atan2"}
-
 
 def recorded(code, x, y):
     """Value and first partials as ``value._record`` computes them while recording, and
@@ -160,8 +154,6 @@ def test_recording_and_replay_compute_the_same_bits(op):
     assert problem is None, problem
     # Points where Python raises (log(0), 1/0, overflow) and recording falls back to IEEE.
     problem = _first_disagreement(op, x[fell_back], y[fell_back], python[:, fell_back])
-    if problem is not None and op.name in NUMPY_FALLBACK_DIFFERS:
-        pytest.xfail(f"value._ieee uses NumPy's SIMD math, not kernels.evaluate_op: {problem}")
     assert problem is None, problem
 
 
