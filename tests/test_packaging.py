@@ -130,9 +130,12 @@ def temp_for_nobody():
 
 @pytest.mark.slow
 def test_read_only_install_without_home_runs_uncached(read_only_install, temp_for_nobody):
-    """No writable location at all (package, home, temp dir): one warning, right numbers."""
+    """No usable location at all (package, home, temp dir): one warning, right numbers."""
     setpriv = _nobody()
-    temp_for_nobody.chmod(0o555)  # TMPDIR exists but nobody can write it
+    # Python falls back to /tmp from an unwritable TMPDIR: make TMPDIR writable, and plant
+    # the per-user directory there owned by someone else, which jitad must refuse.
+    temp_for_nobody.chmod(0o777)
+    (temp_for_nobody / f"jitad-{pwd.getpwnam('nobody').pw_uid}").mkdir(mode=0o777)
     env = _clean_env(HOME="/nonexistent", TMPDIR=str(temp_for_nobody), PYTHONPATH=str(read_only_install))
     done = _run([*setpriv, sys.executable, "-c", GRADIENT], env=env, cwd="/")
     assert done.stdout.strip() == "[1.0, 2.0]"
