@@ -1,0 +1,450 @@
+"""The compiler tier: rerolling is exact, compiled code gives the interpreter's bits, the
+structure cache is hit, missed and never trusted when damaged, and every TapeFunction path
+runs the same through both tiers."""
+
+import os
+import pickle
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import jitad
+from jitad import compiler, kernels
+from jitad.trace import _Work
+
+from programs import programs, property_settings
+
+
+def rosenbrock(x):
+    s = 100 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2
+    for i in range(1, len(x) - 1):
+        s = s + (100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2)
+    return s
+
+
+def mlp(p, data):
+    # 2-3-1 tanh network, squared loss over the samples of ``data`` (a parameter).
+    loss = None
+    for s in range(data.shape[0]):
+        h = [jitad.tanh(p[6 + j] + p[2 * j] * data[s, 0] + p[2 * j + 1] * data[s, 1]) for j in range(3)]
+        out = p[9] + p[10] * h[0] + p[11] * h[1] + p[12] * h[2]
+        d = out - data[s, 2]
+        loss = d * d if loss is None else loss + d * d
+    return loss
+
+
+def branchy(x, w):
+    # A guard in every repetition, a parameter, and a constant leaf.
+    s = jitad.Value(0.5)
+    for i in range(len(x)):
+        if x[i] > 0:
+            s = s + w * x[i] ** 2
+        else:
+            s = s - jitad.sin(x[i]) * w
+    return s
+
+
+def several(x):
+    return [x[0] * x[1], jitad.exp(x[1]) - x[2], x[2] ** 3 + x[0]]
+
+
+DATA = np.random.default_rng(0).uniform(-1, 1, size=(5, 3))
+RNG = np.random.default_rng(1)
+
+
+def compiled(f, x0, *args, **kw):
+    """A TapeFunction whose first program is compiled before returning."""
+    F = jitad.trace(f, x0, *args, compile=True, **kw)
+    F._tier.get(F.tape)
+    assert F._tier.wait(timeout=600)
+    assert F._tier.ready(F.tape) is not None, F._tier.errors
+    return F
+
+
+def same(a, b):
+    np.testing.assert_array_equal(a, b)  # bit for bit (NaN equals NaN)
+
+
+def _tape(f, x0, *args):
+    return jitad.trace(f, x0, *args).tape
+
+
+# --- reroll -------------------------------------------------------------------------------
+
+
+def _assert_expands(program):
+    rr = compiler.reroll(program.op, program.a, program.b)
+    op, a, b = rr.expand()
+    same(op, program.op)
+    same(a, program.a)
+    same(b, program.b)
+    return rr
+
+
+def test_rosenbrock_rolls_into_one_loop():
+    rr = _assert_expands(_tape(rosenbrock, np.linspace(-1, 1, 200)))
+    summary = rr.summary()
+    # a loop of leaves, the first term, the first sums peeled, then one loop of 8 entries
+    assert summary["blocks"] <= 3 and summary["static"] <= 20, summary
+
+
+def test_mlp_rolls_samples_and_neurons():
+    data = np.random.default_rng(2).uniform(-1, 1, size=(40, 3))
+    rr = _assert_expands(_tape(mlp, RNG.uniform(-1, 1, 13), data))
+    assert rr.summary()["static"] < 60, rr.summary()
+
+
+@property_settings(200)
+@given(programs())
+def test_reroll_of_random_programs_expands_to_the_tape(prog):
+    x0 = np.linspace(0.3, 0.9, prog.n_inputs)
+    try:
+        tape = _tape(prog, x0)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return
+    _assert_expands(tape)
+
+
+@property_settings(100)
+@given(programs(), st.integers(2, 6))
+def test_reroll_of_repeated_random_programs_expands_to_the_tape(prog, repeats):
+    def f(x):
+        n = prog.n_inputs
+        return sum((prog(x[k : k + n]) for k in range(repeats)), jitad.Value(0.0))
+
+    try:
+        tape = _tape(f, np.linspace(0.3, 0.9, prog.n_inputs + repeats))
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return
+    _assert_expands(tape)
+
+
+# --- compiled code == interpreter, bit for bit ---------------------------------------------
+
+
+def _interpreter_and_compiled(program):
+    c = compiler.compile_program(
+        program.op, program.a, program.b, program.const, program.value, program.inputs, program.params, program.outputs
+    )
+    return c
+
+
+def _check_bits(program, points, p):
+    c = _interpreter_and_compiled(program)
+    wi, wc = _Work(program), _Work(program)  # each reused across points, as in TapeFunction
+    for x in points:
+        gi = np.empty(program.inputs.size)
+        gc = np.empty(program.inputs.size)
+        fi = kernels.replay_value_and_grad(
+            program.op, program.a, program.b, program.const, wi.val, wi.da, wi.db, wi.adj,
+            program.inputs, program.params, program.out, x, p, gi,
+        )  # fmt: skip
+        fc = c.value_and_grad(program, wc, x, p, gc)
+        assert fi == fc
+        same(wc.val, wi.val)
+        if fi < 0:
+            same(gc, gi)
+            same(wc.da, wi.da)
+            same(wc.db, wi.db)
+        fi = kernels.replay(
+            program.op, program.a, program.b, program.const, wi.val, wi.da, wi.db, program.inputs, program.params, x, p
+        )
+        assert c.replay(program, wc, x, p) == fi
+        same(wc.val, wi.val)
+
+
+def test_rosenbrock_compiled_bits():
+    program = _tape(rosenbrock, np.linspace(-1, 1, 30))
+    _check_bits(program, RNG.uniform(-2, 2, size=(4, 30)), np.empty(0))
+
+
+def test_mlp_compiled_bits():
+    program = _tape(mlp, RNG.uniform(-1, 1, 13), DATA)
+    _check_bits(program, RNG.uniform(-1, 1, size=(4, 13)), DATA.ravel())
+
+
+def test_first_failed_guard_is_the_interpreters():
+    x0 = np.array([0.5, -0.3, 0.8, 0.2, -0.9, 0.4])
+    program = _tape(branchy, x0, 1.5)
+    points = [x0, -x0, x0 * np.array([1, 1, 1, -1, 1, 1]), np.zeros(6), np.full(6, np.nan)]
+    _check_bits(program, points, np.array([1.5]))
+
+
+@property_settings(4)
+@given(programs(), st.integers(2, 5))
+def test_repeated_random_programs_compiled_bits(prog, repeats):
+    def f(x):
+        n = prog.n_inputs
+        return sum((prog(x[k : k + n]) for k in range(repeats)), jitad.Value(0.0))
+
+    n = prog.n_inputs + repeats
+    try:
+        program = _tape(f, np.linspace(0.3, 0.9, n))
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return
+    # IEEE everywhere: points outside a domain give NaN in both tiers alike.
+    _check_bits(program, RNG.uniform(-3, 3, size=(3, n)), np.empty(0))
+
+
+# --- every TapeFunction path through both tiers ----------------------------------------------
+
+
+def test_tape_function_paths_agree_between_tiers():
+    x0 = RNG.uniform(-1, 1, 13)
+    I = jitad.trace(mlp, x0, DATA)
+    C = compiled(mlp, x0, DATA)
+    for x in RNG.uniform(-1, 1, size=(3, 13)):
+        data = DATA + 0.1 * x[0]
+        same(C(x, data), I(x, data))
+        vi, gi = I.value_and_grad(x, data)
+        vc, gc = C.value_and_grad(x, data)
+        assert vi == vc
+        same(gc, gi)
+        same(C.grad(x, data), I.grad(x, data))
+        same(C.jacobian(x, data), I.jacobian(x, data))
+        v = RNG.uniform(-1, 1, 13)
+        same(C.hvp(x, v, data), I.hvp(x, v, data))
+        same(C.hessian(x, data), I.hessian(x, data))
+    X = RNG.uniform(-1, 1, size=(7, 13))
+    same(C.grad_batch(X, DATA), I.grad_batch(X, DATA))
+    same(C.batch(X, DATA), I.batch(X, DATA))
+
+
+def test_branches_retrace_the_same_in_both_tiers():
+    x0 = np.array([0.5, -0.3, 0.8, 0.2, -0.9, 0.4])
+    I = jitad.trace(branchy, x0, 1.5)
+    C = compiled(branchy, x0, 1.5)
+    rng = np.random.default_rng(5)
+    for _ in range(12):
+        x = rng.uniform(-1, 1, 6)
+        w = rng.uniform(0.5, 2)
+        vi, gi = I.value_and_grad(x, w)
+        vc, gc = C.value_and_grad(x, w)
+        assert vi == vc
+        same(gc, gi)
+    assert C.retraces == I.retraces > 0
+    # retraced programs compile too; results stay identical once they have
+    C._tier.wait(timeout=600)
+    x = rng.uniform(-1, 1, 6)
+    same(C.grad(x, 1.1), I.grad(x, 1.1))
+
+
+def test_multiple_outputs_and_raise_mode():
+    x0 = np.array([0.3, 0.7, -0.2])
+    I = jitad.trace(several, x0)
+    C = compiled(several, x0)
+    for x in RNG.uniform(-1, 1, size=(3, 3)):
+        same(C(x), I(x))
+        same(C.jacobian(x), I.jacobian(x))
+    R = compiled(branchy, np.full(4, 0.5), 1.0, retrace="raise")
+    with pytest.raises(jitad.BranchChanged):
+        R.grad(np.full(4, -0.5), 1.0)
+
+
+def test_save_load_and_pickle_keep_working(tmp_path):
+    x0 = np.linspace(-1, 1, 20)
+    C = compiled(rosenbrock, x0)
+    x = RNG.uniform(-1, 1, 20)
+    expected = jitad.trace(rosenbrock, x0).value_and_grad(x)
+    C.save(tmp_path / "f.npz")
+    for G in (jitad.load(tmp_path / "f.npz"), pickle.loads(pickle.dumps(C))):
+        v, g = G.value_and_grad(x)
+        assert v == expected[0]
+        same(g, expected[1])
+    # What travels is the tape; the receiving side runs the interpreter (io.reduce and
+    # io.load do not carry compile=, see issue 13's notes) and its results are the same.
+
+
+def test_threads_share_a_compiled_tape_function():
+    x0 = np.linspace(-1, 1, 40)
+    C = compiled(rosenbrock, x0)
+    I = jitad.trace(rosenbrock, x0)
+    X = RNG.uniform(-2, 2, size=(64, 40))
+    expected = [I.grad(x) for x in X]
+    results = [None] * len(X)
+
+    def work(k0):
+        for k in range(k0, len(X), 4):
+            results[k] = C.grad(X[k])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r, e in zip(results, expected):
+        same(r, e)
+
+
+def test_interpreter_runs_until_compiled_and_modes_are_checked():
+    F = jitad.trace(rosenbrock, np.linspace(-1, 1, 10), compile="auto")
+    # auto: short tapes stay on the interpreter (nothing is started)
+    for _ in range(compiler.AUTO_CALLS + 1):
+        F.grad(np.linspace(-1, 1, 10))
+    assert F._tier.ready(F.tape) is None and not F._tier._threads
+    with pytest.raises(ValueError, match="compile"):
+        jitad.trace(rosenbrock, np.zeros(3), compile="yes")
+
+
+# --- the cache ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_memory(monkeypatch):
+    monkeypatch.setattr(compiler, "_MEMORY", {})
+
+
+def _compile(program):
+    return compiler.compile_program(
+        program.op, program.a, program.b, program.const, program.value, program.inputs, program.params, program.outputs
+    )
+
+
+def _gradient(c, program, x):
+    g = np.empty(program.inputs.size)
+    assert c.value_and_grad(program, _Work(program), x, np.empty(0), g) == -1
+    return g
+
+
+def _reference_gradient(program, x):
+    w = _Work(program)
+    g = np.empty(program.inputs.size)
+    kernels.replay_value_and_grad(
+        program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj,
+        program.inputs, program.params, program.out, x, np.empty(0), g,
+    )  # fmt: skip
+    return g
+
+
+def test_cache_hit_in_memory_and_on_disk_miss_for_another_structure(fresh_memory):
+    if compiler.cache_dir() is None:
+        pytest.skip("no disk cache (JITAD_CACHE=0)")
+    program = _tape(rosenbrock, np.linspace(-1, 1, 17))
+    c = _compile(program)
+    assert not c.summary["disk"] and c.source_path.exists()
+    assert _compile(program) is c  # memory
+    # another program of the same structure (other constants and values) shares the code
+    def other_constants(x):
+        s = 50 * (x[1] - x[0] ** 2) ** 2 + (2 - x[0]) ** 2
+        for i in range(1, len(x) - 1):
+            s = s + (50 * (x[i + 1] - x[i] ** 2) ** 2 + (2 - x[i]) ** 2)
+        return s
+
+    other = _tape(other_constants, np.linspace(-1, 1, 17))
+    assert _compile(other) is c
+    x = RNG.uniform(-1, 1, 17)
+    same(_gradient(c, other, x), _reference_gradient(other, x))
+    compiler._MEMORY.clear()
+    d = _compile(program)  # disk
+    assert d is not c and d.summary["disk"] and d.key == c.key
+    x = RNG.uniform(-1, 1, 17)
+    same(_gradient(d, program, x), _reference_gradient(program, x))
+    e = _compile(_tape(rosenbrock, np.linspace(-1, 1, 18)))  # miss: another structure
+    assert e.key != c.key and e.source_path != c.source_path
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "plausible"])
+def test_a_damaged_cache_file_is_refused(fresh_memory, damage):
+    if compiler.cache_dir() is None:
+        pytest.skip("no disk cache (JITAD_CACHE=0)")
+    program = _tape(rosenbrock, np.linspace(-1, 1, 19))
+    path = _compile(program).source_path
+    text = path.read_text()
+    if damage == "truncate":
+        path.write_text(text[: len(text) // 2])
+    elif damage == "garbage":
+        path.write_bytes(os.urandom(300))
+    else:
+        # valid Python with the right header, but a wrong seed: the digest catches it
+        path.write_text(text.replace("] = 1.0", "] = 2.0"))
+    compiler._MEMORY.clear()
+    c = _compile(program)
+    assert not c.summary["disk"]
+    x = RNG.uniform(-1, 1, 19)
+    same(_gradient(c, program, x), _reference_gradient(program, x))
+    assert path.read_text() == text  # rewritten whole
+
+
+def test_damaged_numba_cache_files_are_not_trusted(fresh_memory):
+    if compiler.cache_dir() is None:
+        pytest.skip("no disk cache (JITAD_CACHE=0)")
+    program = _tape(rosenbrock, np.linspace(-1, 1, 21))
+    c = _compile(program)
+    damaged = 0
+    for root, _, files in os.walk(compiler.cache_dir().parent):
+        for name in files:
+            if c.key in name and name.endswith((".nbi", ".nbc")):
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.seek(0)
+                    f.write(os.urandom(64))
+                damaged += 1
+    compiler._MEMORY.clear()
+    d = _compile(program)
+    x = RNG.uniform(-1, 1, 21)
+    same(_gradient(d, program, x), _reference_gradient(program, x))
+    assert damaged or not compiler._config.CACHE
+
+
+def test_concurrent_writers_of_one_entry(fresh_memory):
+    program = _tape(rosenbrock, np.linspace(-1, 1, 23))
+    results = []
+    errors = []
+
+    def build():
+        try:
+            results.append(_compile(program))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=build) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len({id(r) for r in results}) == 1  # one Compiled per structure wins
+    x = RNG.uniform(-1, 1, 23)
+    same(_gradient(results[0], program, x), _reference_gradient(program, x))
+    if compiler.cache_dir() is not None:
+        assert not list(compiler.cache_dir().glob("*.tmp"))
+        # many writers of the same text: every reader sees a whole, valid file
+        path = results[0].source_path
+        text = path.read_text()
+        writers = [threading.Thread(target=compiler._write_atomic, args=(path, text)) for _ in range(8)]
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+        assert path.read_text() == text
+
+
+def test_a_new_process_loads_from_disk(tmp_path):
+    if compiler.cache_dir() is None:
+        pytest.skip("no disk cache (JITAD_CACHE=0)")
+    script = (
+        "import numpy as np, jitad\n"
+        "from jitad import compiler\n"
+        "def rosenbrock(x):\n"
+        "    s = 100 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2\n"
+        "    for i in range(1, len(x) - 1):\n"
+        "        s = s + (100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2)\n"
+        "    return s\n"
+        "program = jitad.trace(rosenbrock, np.linspace(-1, 1, 25)).tape\n"
+        "c = compiler.compile_program(program.op, program.a, program.b, program.const, program.value,"
+        " program.inputs, program.params, program.outputs)\n"
+        "print(c.summary['disk'])\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(compiler._config.CACHE_DIR)}
+    runs = [
+        subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        for _ in range(2)
+    ]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    assert runs[1].stdout.split()[-1] == "True"
