@@ -1,72 +1,433 @@
 """JAX-style transforms: ``grad(f)`` and friends trace ``f`` on first use, keep one
-``TapeFunction`` per input length and parameter shapes, and replay it afterwards."""
+``TapeFunction`` per argument structure (which arguments are differentiated, their shapes,
+the parameters' shapes), and replay it afterwards.
+
+Arguments named by ``argnums`` are differentiated: they are flattened and concatenated into
+the one input vector of the tape. Every other argument that is a number or a real array is
+a *parameter* (it may change between calls without re-recording and gets no derivative);
+anything else (a string, a callable, None) is static: part of the cache key, passed as is.
+"""
 
 import threading
 
 import numpy as np
 
-from .trace import trace
+from .trace import TapeFunction, record
+from .value import Value
+
+
+class _Structure:
+    """How one call's arguments map onto a tape: the differentiated arguments' shapes and
+    offsets in the input vector, the parameters, and the static arguments."""
+
+    def __init__(self, args, argnums):
+        self.argnums = argnums
+        self.shapes = {}  # argnum -> shape of a differentiated argument
+        self.kinds = []  # per argument: "x" (differentiated), "p" (parameter) or "s" (static)
+        parts = []
+        for k, arg in enumerate(args):
+            if k in argnums:
+                a = _real_array(arg, k, differentiated=True)
+                self.shapes[k] = a.shape
+                parts.append(a.ravel())
+                self.kinds.append("x")
+            elif isinstance(arg, Value):
+                raise TypeError(f"argument {k} is a Value; transforms take numbers and arrays")
+            elif _is_real(arg):
+                self.kinds.append("p")
+            else:
+                self.kinds.append("s")
+        self.x = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        self.sizes = [int(np.prod(self.shapes[k], dtype=np.int64)) for k in argnums]
+        self.offsets = np.cumsum([0] + self.sizes)
+        self.params = tuple(arg for arg, kind in zip(args, self.kinds) if kind == "p")
+        self.key = (
+            argnums,
+            tuple(
+                ("x", self.shapes[k]) if kind == "x" else ("p", np.shape(arg)) if kind == "p" else ("s", _static_key(arg))
+                for k, (arg, kind) in enumerate(zip(args, self.kinds))
+            ),
+        )
+        self.statics = {k: arg for k, (arg, kind) in enumerate(zip(args, self.kinds)) if kind == "s"}
+
+    def arguments(self, xs, ps):
+        """The arguments of f while recording: slices of the input Values ``xs`` shaped as
+        the differentiated arguments (a Value for a 0-d one), parameter Values ``ps``."""
+        args = []
+        ps = iter(ps)
+        for k, kind in enumerate(self.kinds):
+            if kind == "x":
+                j = self.argnums.index(k)
+                part = xs[self.offsets[j] : self.offsets[j + 1]]
+                shape = self.shapes[k]
+                args.append(part[0] if shape == () else part.reshape(shape))
+            elif kind == "p":
+                args.append(next(ps))
+            else:
+                args.append(self.statics[k])
+        return args
+
+    def split(self, flat, lead=()):
+        """A derivative over the input vector (last axis) as one array per argnum, shaped
+        ``lead + argument shape``; a float for a 0-d result."""
+        parts = []
+        for j, k in enumerate(self.argnums):
+            part = flat[..., self.offsets[j] : self.offsets[j + 1]].reshape(lead + self.shapes[k])
+            parts.append(float(part) if part.ndim == 0 else part)
+        return parts
+
+
+def _is_real(arg):
+    try:
+        return np.asarray(arg).dtype.kind in "biuf"
+    except Exception:  # noqa: BLE001 - anything NumPy cannot convert is static
+        return False
+
+
+def _real_array(arg, k, differentiated):
+    if isinstance(arg, Value):
+        raise TypeError(f"argument {k} is a Value; transforms take numbers and arrays")
+    a = np.asarray(arg)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"argument {k} is differentiated (argnums) and must hold real numbers, got {a.dtype}")
+    return a.astype(np.float64)
+
+
+def _static_key(arg):
+    try:
+        hash(arg)
+        return arg
+    except TypeError:
+        return id(arg)
+
+
+def _argnums(argnums):
+    if isinstance(argnums, (int, np.integer)) and not isinstance(argnums, bool):
+        return (int(argnums),), False
+    nums = tuple(int(k) for k in argnums)
+    if not nums or len(set(nums)) != len(nums):
+        raise ValueError(f"argnums must be an int or a tuple of distinct ints, got {argnums!r}")
+    return nums, True
+
+
+# --- outputs and aux: what f returns, as tape outputs and back -----------------------------
+
+
+def _as_value(v, what):
+    """A Value for an output: numbers (a constant function) become recorded constants."""
+    if isinstance(v, Value):
+        return v
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        return _as_value(v[()], what)
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+        return Value(float(v))  # a leaf that is no input: a constant with zero derivative
+    raise TypeError(f"{what} must be Values or real numbers, got {type(v).__name__} {v!r}")
+
+
+def _output_values(out):
+    """f's output as (shape, list of Values)."""
+    if isinstance(out, (list, tuple, np.ndarray)):
+        a = np.asarray(out, dtype=object)
+        return a.shape, [_as_value(v, "the outputs of f") for v in a.ravel()]
+    return (), [_as_value(out, "the output of f")]
+
+
+def _flatten_aux(aux, values):
+    """aux with every Value replaced by its position in ``values`` (appended there); other
+    leaves are kept as recorded (they cannot depend on the inputs: those are Values)."""
+    if isinstance(aux, Value):
+        values.append(aux)
+        return _Slot(len(values) - 1)
+    if isinstance(aux, np.ndarray) and aux.dtype == object:
+        return _ArraySlots([_flatten_aux(v, values) for v in aux.ravel()], aux.shape)
+    if isinstance(aux, (list, tuple)):
+        items = [_flatten_aux(v, values) for v in aux]
+        return type(aux)(items) if type(aux) in (list, tuple) else type(aux)(*items)
+    if isinstance(aux, dict):
+        return {key: _flatten_aux(v, values) for key, v in aux.items()}
+    return aux
+
+
+class _Slot(int):
+    pass
+
+
+class _ArraySlots:
+    def __init__(self, items, shape):
+        self.items = items
+        self.shape = shape
+
+
+def _fill_aux(tree, values):
+    """The aux structure with its Values' slots replaced by replayed floats."""
+    if isinstance(tree, _Slot):
+        return float(values[tree])
+    if isinstance(tree, _ArraySlots):
+        filled = [_fill_aux(v, values) for v in tree.items]
+        kind = float if all(isinstance(v, float) for v in filled) else object
+        return np.array(filled, dtype=kind).reshape(tree.shape)
+    if isinstance(tree, (list, tuple)):
+        items = [_fill_aux(v, values) for v in tree]
+        return type(tree)(items) if type(tree) in (list, tuple) else type(tree)(*items)
+    if isinstance(tree, dict):
+        return {key: _fill_aux(v, values) for key, v in tree.items()}
+    return tree
+
+
+class _Traced:
+    """One TapeFunction for one argument structure, and what the recording learned about
+    f's outputs: their shape, and the aux structure (its Values are extra tape outputs)."""
+
+    def __init__(self, f, structure, has_aux, scalar, retrace):
+        self.has_aux = has_aux
+        self.out_shape = None
+        self.aux = None
+        self.m = None  # outputs of f (before the aux Values)
+
+        def flat(xs, *ps):
+            result = f(*structure.arguments(xs, ps))
+            if has_aux:
+                if not (isinstance(result, (tuple, list)) and len(result) == 2):
+                    raise TypeError("has_aux=True needs f to return a pair (output, aux)")
+                result, aux = result
+            shape, values = _output_values(result)
+            if scalar and shape != ():
+                raise TypeError(f"this transform needs f to return a scalar; it returned shape {shape} (use jacobian)")
+            aux_values = []
+            tree = _flatten_aux(aux, aux_values) if has_aux else None
+            if self.m is not None and (len(values), len(aux_values)) != (self.m, self.n_aux):
+                raise ValueError("f returned outputs or aux of another structure on another branch")
+            self.out_shape, self.aux, self.m, self.n_aux = shape, tree, len(values), len(aux_values)
+            # One Value makes a scalar TapeFunction (its fast paths); aux Values follow
+            # f's outputs, and derivatives of the first output are taken by seeding it.
+            return values[0] if shape == () and not aux_values else values + aux_values
+
+        program, scalar_tape = record(flat, structure.x, structure.params)
+        self.F = TapeFunction(flat, program, scalar_tape, retrace=retrace)
+        self._first = None if scalar_tape else np.eye(1, self.m + self.n_aux).ravel()
+
+    def values(self, x, params):
+        """Every tape output at (x, params): f's outputs, then the aux Values."""
+        return np.atleast_1d(self.F(x, *params))
+
+    def value_and_grad(self, x, params):
+        """(every output's value, the gradient of the first)."""
+        if self._first is None:
+            value, g = self.F.value_and_grad(x, *params)
+            return np.array([value]), g
+        return self.F.vjp(x, self._first, *params)
+
+    def hessian(self, x, params):
+        return self.F.hessian(x, *params, weights=self._first)
+
+    def hvp(self, x, v, params):
+        return self.F.hvp(x, v, *params, weights=self._first)
+
+    def output(self, values):
+        out = values[: self.m]
+        return float(out[0]) if self.out_shape == () else out.reshape(self.out_shape)
+
+    def aux_at(self, values):
+        return _fill_aux(self.aux, values[self.m :])
 
 
 class _Transform:
-    def __init__(self, f, method, retrace):
+    def __init__(self, f, argnums, has_aux, retrace, scalar):
         self._f = f
-        self._method = method
+        self._argnums, self._tuple = _argnums(argnums)
+        self._has_aux = bool(has_aux)
         self._retrace = retrace
+        self._scalar = scalar
         self._traced = {}
         self._lock = threading.Lock()
         self.__wrapped__ = f
-        self.__name__ = f"{method}({getattr(f, '__name__', 'f')})"
+        self.__name__ = f"{self._name}({getattr(f, '__name__', 'f')})"
         self.__doc__ = getattr(f, "__doc__", None)
 
-    def _function(self, x, args):
-        n = np.shape(x)[0] if np.ndim(x) == 1 else None
-        key = (n, tuple(np.shape(a) for a in args))  # the TapeFunction checks the values
-        F = self._traced.get(key)
-        if F is None:
-            F = trace(self._f, x, *args, retrace=self._retrace)
+    def _prepare(self, args):
+        """(structure, traced) for these arguments: trace on first use of a structure."""
+        if max(self._argnums) >= len(args) or min(self._argnums) < -len(args):
+            raise ValueError(f"argnums {self._argnums} does not fit a call with {len(args)} argument(s)")
+        argnums = tuple(k % len(args) for k in self._argnums)
+        s = _Structure(args, argnums)
+        t = self._traced.get(s.key)
+        if t is None:
+            t = _Traced(self._f, s, self._has_aux, self._scalar, self._retrace)
             with self._lock:
-                F = self._traced.setdefault(key, F)
-        return F
+                t = self._traced.setdefault(s.key, t)
+        return s, t
+
+    def _result(self, parts):
+        return tuple(parts) if self._tuple else parts[0]
+
+    def _with_aux(self, result, t, s):
+        if not self._has_aux:
+            return result
+        return result, t.aux_at(t.values(s.x, s.params))
 
     def __repr__(self):
         return f"<jitad.{self.__name__}>"
 
     def __reduce__(self):
         # Pickles as the function it transforms (its lock and traced tapes stay behind).
-        return type(self), (self._f, self._method, self._retrace)
+        argnums = self._argnums if self._tuple else self._argnums[0]
+        return _rebuild, (type(self), self._f, argnums, self._has_aux, self._retrace)
 
 
-class _Plain(_Transform):
-    def __call__(self, x, *args):
-        return getattr(self._function(x, args), self._method)(x, *args)
+def _rebuild(cls, f, argnums, has_aux, retrace):
+    return cls(f, argnums, has_aux, retrace)
+
+
+class _ValueAndGrad(_Transform):
+    _name = "value_and_grad"
+
+    def __init__(self, f, argnums=0, has_aux=False, retrace="auto"):
+        super().__init__(f, argnums, has_aux, retrace, scalar=True)
+
+    def __call__(self, *args):
+        s, t = self._prepare(args)
+        values, g = t.value_and_grad(s.x, s.params)
+        value = float(values[0])
+        if self._has_aux:
+            return (value, t.aux_at(values)), self._result(s.split(g))
+        return value, self._result(s.split(g))
+
+
+class _Grad(_Transform):
+    _name = "grad"
+
+    def __init__(self, f, argnums=0, has_aux=False, retrace="auto"):
+        super().__init__(f, argnums, has_aux, retrace, scalar=True)
+
+    def __call__(self, *args):
+        s, t = self._prepare(args)
+        values, g = t.value_and_grad(s.x, s.params)
+        result = self._result(s.split(g))
+        return (result, t.aux_at(values)) if self._has_aux else result
+
+
+class _Jacobian(_Transform):
+    _name = "jacobian"
+
+    def __init__(self, f, argnums=0, has_aux=False, retrace="auto"):
+        super().__init__(f, argnums, has_aux, retrace, scalar=False)
+
+    def __call__(self, *args):
+        s, t = self._prepare(args)
+        jac = np.asarray(t.F.jacobian(s.x, *s.params)).reshape(-1, s.x.size)[: t.m]
+        return self._with_aux(self._result(s.split(jac, t.out_shape)), t, s)
+
+
+class _Hessian(_Transform):
+    _name = "hessian"
+
+    def __init__(self, f, argnums=0, has_aux=False, retrace="auto"):
+        super().__init__(f, argnums, has_aux, retrace, scalar=True)
+
+    def __call__(self, *args):
+        s, t = self._prepare(args)
+        h = t.hessian(s.x, s.params)
+        # block (i, j) of a tuple of argnums: shape argument_i.shape + argument_j.shape
+        rows = [h[s.offsets[j] : s.offsets[j + 1]] for j in range(len(s.argnums))]
+        blocks = [s.split(row, s.shapes[k]) for row, k in zip(rows, s.argnums)]
+        result = tuple(tuple(b) for b in blocks) if self._tuple else blocks[0][0]
+        return self._with_aux(result, t, s)
 
 
 class _Hvp(_Transform):
+    _name = "hvp"
+
+    def __init__(self, f, argnums=0, has_aux=False, retrace="auto"):
+        super().__init__(f, argnums, has_aux, retrace, scalar=True)
+
     def __call__(self, x, v, *args):
-        return self._function(x, args).hvp(x, v, *args)
+        # SciPy's hessp(x, p, *args): v is a second argument shaped like the differentiated
+        # ones (a tuple of them for a tuple of argnums), placed after x.
+        s, t = self._prepare((x, *args))
+        vs = v if self._tuple else (v,)
+        if len(vs) != len(s.argnums):
+            raise ValueError(f"v must hold {len(s.argnums)} array(s), one per argnum")
+        flat = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1) for p in vs])
+        return self._with_aux(self._result(s.split(t.hvp(s.x, flat, s.params))), t, s)
 
 
-def grad(f, retrace="auto"):
-    """``grad(f)(x, *params)`` is ∇f(x), an ndarray (SciPy's ``jac=``)."""
-    return _Plain(f, "grad", retrace)
+def grad(f, argnums=0, has_aux=False, retrace="auto"):
+    """``grad(f)(x, *params)`` is ∇f(x), an array shaped like x, a float for a scalar x
+    (SciPy's ``jac=``).
+
+    ``argnums`` (an int or a tuple) names the differentiated arguments: a tuple gives a
+    tuple of gradients. With ``has_aux=True`` f returns ``(output, aux)`` and the result is
+    ``(gradient, aux)``; aux may nest lists, tuples, dicts and arrays, and its Values come
+    back as floats (replayed at each call). A constant f gives zeros.
+
+    >>> jitad.grad(lambda x, y: x * y**2, argnums=(0, 1))(3.0, 2.0)
+    (4.0, 12.0)
+    """
+    return _Grad(f, argnums, has_aux, retrace)
 
 
-def value_and_grad(f, retrace="auto"):
-    """``value_and_grad(f)(x, *params)`` is ``(f(x), ∇f(x))`` (SciPy's ``jac=True``)."""
-    return _Plain(f, "value_and_grad", retrace)
+def value_and_grad(f, argnums=0, has_aux=False, retrace="auto"):
+    """``value_and_grad(f)(x, *params)`` is ``(f(x), ∇f(x))`` (SciPy's ``jac=True``); with
+    ``has_aux=True``, ``((f(x), aux), ∇f(x))`` as in JAX."""
+    return _ValueAndGrad(f, argnums, has_aux, retrace)
 
 
-def jacobian(f, retrace="auto"):
-    """``jacobian(f)(x, *params)`` is the (m, n) Jacobian of a vector-valued f."""
-    return _Plain(f, "jacobian", retrace)
+def jacobian(f, argnums=0, has_aux=False, retrace="auto"):
+    """``jacobian(f)(x, *params)`` has shape ``f(x).shape + x.shape`` (JAX's jacrev)."""
+    return _Jacobian(f, argnums, has_aux, retrace)
 
 
-def hessian(f, retrace="auto"):
-    """``hessian(f)(x, *params)`` is the (n, n) Hessian (SciPy's ``hess=``)."""
-    return _Plain(f, "hessian", retrace)
+def hessian(f, argnums=0, has_aux=False, retrace="auto"):
+    """``hessian(f)(x, *params)`` has shape ``x.shape + x.shape`` (SciPy's ``hess=``); for a
+    tuple of argnums, a tuple of tuples of blocks as in JAX."""
+    return _Hessian(f, argnums, has_aux, retrace)
 
 
-def hvp(f, retrace="auto"):
+def hvp(f, argnums=0, has_aux=False, retrace="auto"):
     """``hvp(f)(x, v, *params)`` is H(x) v, exact (SciPy's ``hessp=``)."""
-    return _Hvp(f, "hvp", retrace)
+    return _Hvp(f, argnums, has_aux, retrace)
+
+
+def jvp(f, primals, tangents, has_aux=False):
+    """``(f(*primals), J tangents)``: forward mode, one replay and one tangent sweep.
+
+    Every primal is differentiated (as in JAX); tangents have the primals' shapes.
+
+    >>> jitad.jvp(lambda x: x**3, (2.0,), (1.0,))
+    (8.0, 12.0)
+    """
+    primals, tangents = tuple(primals), tuple(tangents)
+    if len(primals) != len(tangents):
+        raise ValueError(f"jvp needs one tangent per primal: {len(primals)} primals, {len(tangents)} tangents")
+    s, t = _Jacobian(f, tuple(range(len(primals))), has_aux, "auto")._prepare(primals)
+    for k, tangent in enumerate(tangents):
+        if np.shape(tangent) != s.shapes[k]:
+            raise ValueError(f"tangent {k} has shape {np.shape(tangent)}, its primal {s.shapes[k]}")
+    v = np.concatenate([np.asarray(tangent, dtype=np.float64).reshape(-1) for tangent in tangents])
+    values, dots = t.F.jvp(s.x, v, *s.params)
+    values, dots = np.atleast_1d(values), np.atleast_1d(dots)
+    result = t.output(values), t.output(dots)
+    return (*result, t.aux_at(values)) if has_aux else result
+
+
+def vjp(f, *primals, has_aux=False):
+    """``(f(*primals), pullback)``: ``pullback(u)`` is the tuple of ``u^T J`` for each primal
+    (one reverse sweep seeded with u on the outputs), u shaped like f's output.
+
+    >>> out, pullback = jitad.vjp(lambda x: x**3, 2.0); pullback(1.0)
+    (12.0,)
+    """
+    s, t = _Jacobian(f, tuple(range(len(primals))), has_aux, "auto")._prepare(primals)
+    values = t.values(s.x, s.params)
+
+    def pullback(u):
+        if np.shape(u) != t.out_shape:
+            raise ValueError(f"the cotangent has shape {np.shape(u)}; f's output has shape {t.out_shape}")
+        seed = np.zeros(t.m + t.n_aux)
+        seed[: t.m] = np.ravel(np.asarray(u, dtype=np.float64))
+        _, g = t.F.vjp(s.x, seed, *s.params)
+        return tuple(s.split(g))
+
+    result = t.output(values), pullback
+    return (*result, t.aux_at(values)) if has_aux else result
+

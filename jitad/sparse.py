@@ -1,0 +1,284 @@
+"""Sparse derivatives from the tape: sparsity patterns of the Jacobian and the Hessian,
+a greedy colouring of their columns, and exact compressed evaluation (one tangent sweep or
+one Hessian-vector product per colour) into ``scipy.sparse.csr_array``.
+
+Patterns are structural: they hold for every input that replays the same tape, so they are
+computed once per recorded program. They may contain entries that are zero at a point,
+never miss one that is not: an op's partial is taken as zero only where the op table's
+formula returns exactly 0.0 for every input (``FIRST_ZERO``, ``SECOND``, checked against
+the formulas by tests/test_sparse.py); every op not listed counts as fully nonlinear.
+"""
+
+import weakref
+
+import numpy as np
+import scipy.sparse
+
+from . import kernels, ops
+
+# Ops whose first partial d/dx (first flag) or d/dy (second) is identically zero.
+FIRST_ZERO = {
+    "lt": (True, True),
+    "le": (True, True),
+    "eq": (True, True),
+    "ne": (True, True),
+    "guard": (True, True),
+    "sign": (True, True),
+    "floor": (True, True),
+    "ceil": (True, True),
+    "trunc": (True, True),
+    "rint": (True, True),
+    "floordiv": (True, True),
+    "stop_gradient": (True, True),
+    "where_true": (True, False),  # the condition gets no derivative
+    "where_false": (True, False),
+}
+
+# Which second partials (d2/dx2, d2/dxdy, d2/dy2) an op's formula can return nonzero; ops
+# not listed may return any. Piecewise-linear ops return zeros (their kinks are measure 0).
+_LINEAR = (False, False, False)
+SECOND = {
+    "mul": (False, True, False),
+    "div": (False, True, True),
+    **{
+        name: _LINEAR
+        for name in (
+            "add", "sub", "neg", "relu", "abs", "maximum", "minimum", "where_true", "where_false",
+            "lt", "le", "eq", "ne", "guard", "sign", "floor", "ceil", "trunc", "rint", "mod",
+            "floordiv", "stop_gradient",
+        )  # fmt: skip
+    },
+}
+
+
+def _flags(table, default):
+    """Per-opcode boolean arrays from a {name: flags} table (names not in the op table,
+    e.g. ops another version lacks, are ignored)."""
+    rows = [table.get(op.name, default) for op in ops.OPS]
+    return [np.array(column, dtype=bool) for column in zip(*rows)]
+
+
+_ZERO_DX, _ZERO_DY = _flags(FIRST_ZERO, (False, False))
+_NONZERO_XX, _NONZERO_XY, _NONZERO_YY = _flags(SECOND, (True, True, True))
+
+
+def _bits(s):
+    """The positions of the set bits of the int s, ascending."""
+    while s:
+        low = s & -s
+        yield low.bit_length() - 1
+        s ^= low
+
+
+# Index sets are Python ints used as bitsets over the inputs: a union is one C-level OR.
+
+
+def _dependencies(program):
+    """For every entry, the bitset of inputs it depends on through nonzero partials."""
+    op, a, b = program.op.tolist(), program.a.tolist(), program.b.tolist()
+    zx, zy = _ZERO_DX.tolist(), _ZERO_DY.tolist()
+    deps = [0] * len(op)
+    for k, i in enumerate(program.inputs.tolist()):
+        deps[i] = 1 << k
+    for i, code in enumerate(op):
+        if code < kernels.FIRST_COMPUTED:
+            continue
+        s = 0
+        if a[i] >= 0 and not zx[code]:
+            s |= deps[a[i]]
+        if b[i] >= 0 and not zy[code]:
+            s |= deps[b[i]]
+        deps[i] = s
+    return deps
+
+
+def _csr_pattern(rows, n):
+    """A boolean csr_array (len(rows), n) from one bitset per row."""
+    indices = [list(_bits(r)) for r in rows]
+    indptr = np.zeros(len(rows) + 1, dtype=np.int32)
+    indptr[1:] = np.cumsum([len(i) for i in indices])
+    flat = np.fromiter((k for row in indices for k in row), dtype=np.int32, count=int(indptr[-1]))
+    return scipy.sparse.csr_array((np.ones(flat.size, dtype=bool), flat, indptr), shape=(len(rows), n))
+
+
+_CACHE = weakref.WeakKeyDictionary()  # program -> {what: derived data}
+
+
+def _cached(program, key, make):
+    per_program = _CACHE.setdefault(program, {})
+    if key not in per_program:
+        per_program[key] = make()
+    return per_program[key]
+
+
+def jacobian_sparsity(program):
+    """The (m, n) boolean pattern of the Jacobian of ``program``'s outputs."""
+
+    def make():
+        deps = _dependencies(program)
+        return _csr_pattern([deps[o] for o in program.outputs.tolist()], program.inputs.size)
+
+    return _cached(program, "jacobian", make)
+
+
+def differentiated(program, weights):
+    """Which outputs a Hessian differentiates: the first, or all when weighted."""
+    return "first" if weights is None else "all"
+
+
+def hessian_sparsity(program, which="first"):
+    """The (n, n) symmetric boolean pattern of the Hessian of the first output (``which =
+    "first"``) or of any weighted sum of the outputs (``"all"``).
+
+    Forward: each entry's input set. Backward: the entries that reach a differentiated
+    output through nonzero partials. Every such entry whose op has a nonzero second
+    partial d2/du dv contributes the pairs deps(u) x deps(v) (chain rule: the Hessian is a
+    sum of adjoint * grad u * grad v^T * d2/du dv over entries)."""
+
+    def make():
+        deps = _dependencies(program)
+        op, a, b = program.op.tolist(), program.a.tolist(), program.b.tolist()
+        outputs = program.outputs.tolist() if which == "all" else [program.out]
+        zx, zy = _ZERO_DX.tolist(), _ZERO_DY.tolist()
+        xx, xy, yy = _NONZERO_XX.tolist(), _NONZERO_XY.tolist(), _NONZERO_YY.tolist()
+        n = program.inputs.size
+        live = bytearray(len(op))
+        for o in outputs:
+            live[o] = 1
+        rows = [0] * n
+        for i in range(max(outputs), -1, -1):
+            code = op[i]
+            if not live[i] or code < kernels.FIRST_COMPUTED:
+                continue
+            da = deps[a[i]] if a[i] >= 0 else 0
+            db = deps[b[i]] if b[i] >= 0 else 0
+            if a[i] >= 0 and not zx[code]:
+                live[a[i]] = 1
+            if b[i] >= 0 and not zy[code]:
+                live[b[i]] = 1
+            if xx[code] and da:
+                for k in _bits(da):
+                    rows[k] |= da
+            if yy[code] and db:
+                for k in _bits(db):
+                    rows[k] |= db
+            if xy[code] and da and db:
+                for k in _bits(da):
+                    rows[k] |= db
+                for k in _bits(db):
+                    rows[k] |= da
+        return _csr_pattern(rows, n)
+
+    return _cached(program, ("hessian", which), make)
+
+
+def colour_columns(pattern):
+    """A greedy colouring of the columns of a csr pattern such that no two columns of one
+    colour have a nonzero in the same row (distance-2 in the bipartite row/column graph):
+    then (A s_c)[i] = A[i, j] for the one column j of colour c with a nonzero in row i."""
+    rows_of = pattern.tocsc()
+    col_ptr, col_rows = rows_of.indptr.tolist(), rows_of.indices.tolist()
+    row_ptr, row_cols = pattern.indptr.tolist(), pattern.indices.tolist()
+    n = pattern.shape[1]
+    colour = [-1] * n
+    forbidden = [-1] * (n + 1)  # forbidden[c] == j: colour c is taken near column j
+    for j in range(n):
+        for r in col_rows[col_ptr[j] : col_ptr[j + 1]]:
+            for k in row_cols[row_ptr[r] : row_ptr[r + 1]]:
+                if colour[k] >= 0:
+                    forbidden[colour[k]] = j
+        c = 0
+        while forbidden[c] == j:
+            c += 1
+        colour[j] = c
+    return np.array(colour, dtype=np.int64)
+
+
+def _hessian_plan(program, which):
+    """Pattern, colouring and where each nonzero is read: the upper triangle's (min, max)
+    from the product of column max's colour, so that the result is exactly symmetric."""
+
+    def make():
+        pattern = hessian_sparsity(program, which)
+        colour = colour_columns(pattern)
+        rows = np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr))
+        cols = pattern.indices
+        src_colour = colour[np.maximum(rows, cols)]
+        src_row = np.minimum(rows, cols).astype(np.int64)
+        return pattern, colour, src_colour, src_row
+
+    return _cached(program, ("hessian plan", which), make)
+
+
+def _with_tangents(F, x, args):
+    """Replay F at (x, args); this thread's work columns, with tangent scratch."""
+    program, w = F._run(x, args)
+    if w.dot is None:
+        w.dot = np.zeros(len(program))
+        w.adj_dot = np.zeros(len(program))
+    return program, w
+
+
+def _seeds(F, program, weights):
+    """(outputs, weights) to seed: the first output with 1, or every output weighted."""
+    if weights is None:
+        F._scalar_output("hessian")
+        return program.outputs[:1], np.ones(1)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.size != program.outputs.size:
+        raise ValueError(f"weights must hold one number per output ({program.outputs.size}), got {w.size}")
+    return program.outputs, np.ascontiguousarray(w)
+
+
+def hessian(F, x, args, weights=None):
+    """The Hessian of F's first output (or of sum_j weights[j] out_j) at x, a csr_array."""
+    program, w = _with_tangents(F, x, args)
+    outputs, seeds = _seeds(F, program, weights)
+    pattern, colour, src_colour, src_row = _hessian_plan(program, differentiated(program, weights))
+    data = np.empty(pattern.indices.size)
+    kernels.compressed_hessian(
+        program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj, w.dot, w.adj_dot,
+        program.inputs, outputs, seeds, colour, src_colour, src_row, data,
+    )  # fmt: skip
+    return scipy.sparse.csr_array((data, pattern.indices, pattern.indptr), shape=pattern.shape)
+
+
+def weighted_hvp(F, x, v, args, weights):
+    """(sum_j weights[j] H_j) v: one forward-over-reverse sweep seeded on every output."""
+    program, w = _with_tangents(F, x, args)
+    outputs, seeds = _seeds(F, program, weights)
+    v = np.ascontiguousarray(v, dtype=np.float64).reshape(-1)
+    if v.size != program.inputs.size:
+        raise ValueError(f"v must have shape ({program.inputs.size},), got {np.shape(v)}")
+    hv = np.empty(program.inputs.size)
+    kernels.weighted_hessian_vector(
+        program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj, w.dot, w.adj_dot,
+        program.inputs, outputs, seeds, v, hv,
+    )  # fmt: skip
+    return hv
+
+
+def _jacobian_plan(program):
+    def make():
+        pattern = jacobian_sparsity(program)
+        colour = colour_columns(pattern)
+        rows = np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr))
+        by_colour = [np.flatnonzero(colour[pattern.indices] == c) for c in range(colour.max() + 1 if colour.size else 0)]
+        return pattern, colour, rows, by_colour
+
+    return _cached(program, "jacobian plan", make)
+
+
+def jacobian(F, x, args):
+    """F's (m, n) Jacobian at x as a csr_array: one tangent sweep per colour of columns."""
+    program, w = F._run(x, args)
+    pattern, colour, rows, by_colour = _jacobian_plan(program)
+    data = np.empty(pattern.indices.size)
+    dot = np.empty(len(program))
+    out_rows = program.outputs[rows]
+    for c, where in enumerate(by_colour):
+        dot[:] = 0.0
+        dot[program.inputs] = colour == c
+        kernels.tangent(program.a, program.b, w.da, w.db, dot, 0, len(program))
+        data[where] = dot[out_rows[where]]
+    return scipy.sparse.csr_array((data, pattern.indices, pattern.indptr), shape=pattern.shape)
