@@ -107,6 +107,53 @@ class Ref:
     def where(cond, a, b):
         return a if cond != 0.0 else b
 
+    # Piecewise constant: each notes how close it came to a jump.
+    def floor(self, x):
+        self._near(x - round(x))
+        return float(math.floor(x))
+
+    def ceil(self, x):
+        self._near(x - round(x))
+        return float(math.ceil(x))
+
+    def trunc(self, x):
+        self._near(x - round(x))
+        return float(math.trunc(x))
+
+    def rint(self, x):
+        self._near(x - math.floor(x) - 0.5)
+        return float(round(x))
+
+    def mod(self, x, y):
+        q = x / y
+        self._near((q - round(q)) * y)
+        return x % y
+
+    def floor_divide(self, x, y):
+        q = x / y
+        self._near((q - round(q)) * y)
+        return x // y
+
+    def sign(self, x):
+        self._near(x)
+        return math.copysign(1.0, x) if x != 0.0 else 0.0
+
+    @staticmethod
+    def stop_gradient(x):
+        return x
+
+    erf = staticmethod(math.erf)
+    erfc = staticmethod(math.erfc)
+    lgamma = staticmethod(math.lgamma)
+
+    @staticmethod
+    def log_sigmoid(x):
+        return -float(np.logaddexp(0.0, -x))
+
+    @staticmethod
+    def logaddexp(x, y):
+        return float(np.logaddexp(x, y))
+
 
 # Smooth maps of any real into (-1, 1), written with ops so that they are recorded too.
 SQUASH = {
@@ -162,6 +209,23 @@ SPECS = {
     "abs": Spec(1, lambda M, s, u, v, c: M.abs(u), ("abs",), kink=True),
     "maximum": Spec(2, lambda M, s, u, v, c: M.maximum(u, v), ("maximum",), kink=True),
     "minimum": Spec(2, lambda M, s, u, v, c: M.minimum(u, v), ("minimum",), kink=True),
+    "erf": Spec(1, lambda M, s, u, v, c: M.erf(2.0 * s(M, u)), ("erf",)),
+    "erfc": Spec(1, lambda M, s, u, v, c: M.erfc(2.0 * s(M, u)), ("erfc",)),
+    "lgamma": Spec(1, lambda M, s, u, v, c: M.lgamma(1.5 + s(M, u)), ("lgamma",)),
+    "log_sigmoid": Spec(1, lambda M, s, u, v, c: M.log_sigmoid(u), ("log_sigmoid",)),
+    "logaddexp": Spec(2, lambda M, s, u, v, c: M.logaddexp(u, v), ("logaddexp",)),
+    # Piecewise constant (zero derivative, jumps: kinks); a smooth term keeps a gradient.
+    "floor": Spec(1, lambda M, s, u, v, c: M.floor(3.0 * u) + u, ("floor",), kink=True),
+    "ceil": Spec(1, lambda M, s, u, v, c: M.ceil(3.0 * u) * s(M, u), ("ceil",), kink=True),
+    "trunc": Spec(1, lambda M, s, u, v, c: M.trunc(3.0 * u) + u * u, ("trunc",), kink=True),
+    "rint": Spec(1, lambda M, s, u, v, c: M.rint(3.0 * u) - u, ("rint",), kink=True),
+    "sign": Spec(1, lambda M, s, u, v, c: M.sign(u) * s(M, u), ("sign",), kink=True),
+    "mod": Spec(2, lambda M, s, u, v, c: M.mod(u, 1.5 + s(M, v)), ("mod",), kink=True),
+    "floor_divide": Spec(
+        2, lambda M, s, u, v, c: M.floor_divide(u, 1.5 + s(M, v)) + v, ("floordiv",), const_ok=(True, False), kink=True
+    ),
+    # Its value replays but its derivative is zero: the two terms cancel in every reference.
+    "stop_gradient": Spec(2, lambda M, s, u, v, c: u + M.stop_gradient(v) - M.stop_gradient(v), ("stop_gradient",)),
     "where_greater": Spec(
         2,
         lambda M, s, u, v, c: M.where(M.greater(u, v), u * s(M, v), c * s(M, u)),

@@ -351,6 +351,21 @@ class TorchOps:
     def softplus(self, x):
         return self.t.logaddexp(self._tensor(0.0), self._tensor(x))
 
+    def log_sigmoid(self, x):
+        return self.t.nn.functional.logsigmoid(self._tensor(x))
+
+    def rint(self, x):
+        return self.t.round(self._tensor(x))  # half to even
+
+    def mod(self, x, y):
+        return self.t.remainder(self._tensor(x), self._tensor(y))
+
+    def floor_divide(self, x, y):
+        return self.t.div(self._tensor(x), self._tensor(y), rounding_mode="floor")
+
+    def stop_gradient(self, x):
+        return self._tensor(x).detach()
+
     def greater(self, x, y):
         return (self._tensor(x) > self._tensor(y)).to(self.t.float64)
 
@@ -426,7 +441,8 @@ def check_against_torch(torch, prog, x0, x1, v, X):
     txs, tvals, ty = torch_run(torch, prog, x0)
     with jitad.Tape():
         xs, vals, y = record(prog, x0)
-        close([float(v) for v in vals], [float(t.detach()) for t in tvals], 1e-12, None, "node values")
+        values = [v.item() if isinstance(v, Value) else v for v in vals]
+        close(values, [float(t.detach()) for t in tvals], 1e-12, None, "node values")
         y.backward()
         nodes = [k for k in distinct_nodes(vals) if tvals[k].requires_grad]
         tgrads = torch.autograd.grad(ty, [tvals[k] for k in nodes], allow_unused=True, retain_graph=True)
