@@ -10,6 +10,7 @@ backward sweep visits only the chunks its output depends on.
 
 import itertools
 import struct
+import sys
 import threading
 import weakref
 
@@ -85,6 +86,7 @@ class _Recorder:
 
     __slots__ = (
         "chunk", "n", "limit", "full", "chunks", "kept", "tape", "alive", "tracing", "sites", "lines", "thread",
+        "active", "prune_at",
     )  # fmt: skip
 
     def __init__(self, tape):
@@ -97,6 +99,8 @@ class _Recorder:
         self.sites = {}  # guard entry -> "file:line" of its comparison, while tracing
         self.lines = {} if debug.enabled() else None  # entry -> source line, in debug mode
         self.thread = threading.get_ident()
+        self.active = 0  # the thread's id while this is its active tape
+        self.prune_at = 8  # chunks alive at which roll() next looks for chains to break
         self.chunk = None
         self._open()
 
@@ -127,7 +131,51 @@ class _Recorder:
         old.close()
         if self.tracing:
             self.kept.append(old)
+        elif len(self.chunks) >= self.prune_at:
+            self.prune()
         self._open()
+
+    def prune(self):
+        """Break chains of chunks that no Value holds.
+
+        A chunk stays alive while a later chunk reads any of its entries, and so do the
+        chunks *it* reads: in a loop that records without calling backward(), each chunk
+        holds the previous one through the pass that straddles their border, and nothing
+        would ever be freed. Here the entries that Values can still reach are marked, and
+        the others, in chunks that no Value holds, are cut loose from their operands."""
+        live = self.live()
+        held = {id(c): 0 for c in live}
+        for c in live:
+            for d in c.deps:
+                if id(d) in held:
+                    held[id(d)] += 1
+        # References a chunk has beyond the lists here and the later chunks that read it
+        # are Values (or callers' frames, which only make this conservative).
+        orphans = [sys.getrefcount(c) - 3 - held[id(c)] <= 0 for c in live]
+        if any(orphans):
+            self._cut(live, orphans)
+            del live
+        # Pruning again once the chunks have doubled keeps its cost at O(1) per entry.
+        self.prune_at = 2 * len(self.live()) + 8
+
+    def _cut(self, live, orphans):
+        """Turn the entries of orphan chunks that nothing needs into inert leaves."""
+        e, starts = self.gather(live)
+        needed = np.zeros(e.shape[0])
+        for c, start, orphan in zip(live, starts.tolist(), orphans):
+            if not orphan:
+                needed[start : start + len(c)] = 1.0  # everything a chunk that Values hold has
+        ones = np.ones(e.shape[0])
+        kernels.backward(e["a"], e["b"], ones, ones, needed, e.shape[0] - 1)
+        for c, start, orphan in zip(live, starts.tolist(), orphans):
+            if orphan:
+                unused = needed[start : start + len(c)] == 0.0
+                own = np.frombuffer(c.buf, dtype=ENTRY)
+                own["a"][unused] = -1
+                own["b"][unused] = -1
+                own["op"][unused] = ops.LEAF  # inert: a value with no operands
+                del own
+                c.close()
 
     def before_op(self):
         """Called by the first op after a leaf, and when the open chunk is full."""
@@ -212,9 +260,10 @@ class Tape:
         if self._rec.thread != threading.get_ident():
             raise RuntimeError("reset a tape in the thread that records on it")
         self._rec.alive = False
+        self._rec.active = 0
         self._rec = _Recorder(self)
         if _state.tape is self:
-            _state.rec = self._rec
+            _activate(self)
 
     def zero_grad(self):
         """Set the ``.grad`` of every Value on this tape to 0 (``backward`` accumulates)."""
@@ -262,6 +311,7 @@ class _State(threading.local):
     def __init__(self):
         self.tape = Tape()
         self.rec = self.tape._rec
+        self.rec.active = threading.get_ident()
 
 
 _state = _State()
@@ -271,6 +321,8 @@ def _activate(tape):
     rec = tape._rec
     if debug.enabled() != (rec.lines is not None):  # debug_nans was switched since it last recorded
         rec.lines = {} if debug.enabled() else None
+    _state.rec.active = 0
+    rec.active = threading.get_ident()
     _state.tape = tape
     _state.rec = rec
 

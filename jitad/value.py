@@ -6,6 +6,7 @@ same formula runs again on NumPy scalars, which give the IEEE result.
 """
 
 import inspect
+import threading
 import warnings
 
 import numpy as np
@@ -99,24 +100,29 @@ def _foreign(t, *values):
         )
 
 
+# Whether a Value's tape is the active one in this thread: a thread-local lookup per op
+# costs more than this C call (a tape is only ever active in the thread that records on it).
+_thread = threading.get_ident
+
+
 def _binary(code, reflected=False, identity=None):
     """The method ``self <op> other`` (``other <op> self`` when reflected)."""
 
     formula = ops.OPS[code].formula
 
     def method(self, other):
-        t = _state.rec
+        t = self._t
+        if t.active != _thread():
+            _foreign(_state.rec, self)
         if type(other) is Value:
-            if self._t is not t or other._t is not t:
-                _foreign(t, self, other)
+            if other._t is not t:
+                _foreign(t, other)
             if reflected:
                 return _record(t, code, other._data, self._data, other._i, self._i, 0.0, formula)
             return _record(t, code, self._data, other._data, self._i, other._i, 0.0, formula)
         c = float(other) if type(other) is float or type(other) is int else _constant(other)
         if c is NotImplemented:
             return NotImplemented
-        if self._t is not t:
-            _foreign(t, self)
         if c == identity:
             return self
         if reflected:
@@ -130,9 +136,9 @@ def _unary(code):
     formula = ops.OPS[code].formula
 
     def method(self):
-        t = _state.rec
-        if self._t is not t:
-            _foreign(t, self)
+        t = self._t
+        if t.active != _thread():
+            _foreign(_state.rec, self)
         return _record(t, code, self._data, 0.0, self._i, -1, 0.0, formula)
 
     method.__name__ = ops.NAMES[code]

@@ -278,3 +278,24 @@ def test_copies_never_drag_the_tape(tape):
     assert [p.data for p in clone] == [1.0, 2.0] and clone[0].grad == 5.0
     clone[0].data = 9.0
     assert params[0].data == 1.0
+
+
+def test_forward_only_loop_without_leaves_or_backward_is_freed(tape):
+    # Each pass straddles a chunk border, so each chunk reads the one before: pruning must
+    # break that chain, while what is still held keeps its exact gradient.
+    _warm_up_kernels()
+    random.seed(0)
+    model = MLP(2, [8, 8, 1])
+    held, sizes = [], []
+    for k in range(6000):
+        y = model([0.001 * k, 0.5])
+        if k in (0, 700):
+            held.append((k, y))
+        sizes.append(len(tape))
+    # Pruning runs when the number of chunks doubles: the tape breathes, but stops growing.
+    assert max(sizes[4000:]) <= 1.1 * max(sizes[1000:4000])
+    assert max(sizes) < 0.5 * tape._rec.n  # well under everything recorded
+    for k, y in held:
+        fresh = model([0.001 * k, 0.5])
+        assert fresh.data == y.data
+        np.testing.assert_array_equal(jitad.gradients(y, model.parameters()), jitad.gradients(fresh, model.parameters()))
