@@ -155,7 +155,18 @@ EXPRESSIONS = {
         lambda a, b: (
             a * math.floor(b) + math.ceil(a) * b + math.trunc(-b) + round(a * 3.7) + a % 0.25 + (b * 7.0) // a
             + np.floor(a) + np.rint(b) + np.mod(a, b) + np.floor_divide(b, 0.2) + np.trunc(a) + np.ceil(b)
+            + jitad.stop_gradient(a) - jitad.stop_gradient(a)  # recorded; cancels in the references
         )
+    ),
+    "special functions": (
+        lambda a, b: (
+            jitad.erf(a) * jitad.erfc(b) + jitad.lgamma(b) + jitad.sign(a - 2.0) * b
+            + jitad.log_sigmoid(a) + jitad.logaddexp(a, b) + np.sign(b) * a
+        ),
+        lambda a, b: (
+            math.erf(a) * math.erfc(b) + math.lgamma(b) + math.copysign(1.0, a - 2.0) * b
+            - float(np.logaddexp(0.0, -a)) + float(np.logaddexp(a, b)) + a
+        ),
     ),
     "numpy comparisons": _same(
         lambda a, b: a * b if np.less(a, b) and np.less_equal(a, b) and np.greater(b, a) else a + b
