@@ -192,7 +192,7 @@ class _Traced:
                 result, aux = result
             shape, values = _output_values(result)
             if scalar and shape != ():
-                raise TypeError(f"this transform needs f to return a scalar; it returned shape {shape} (use jacobian)")
+                raise ValueError(f"this transform needs f to return one Value; it returned shape {shape} (use jacobian)")
             aux_values = []
             tree = _flatten_aux(aux, aux_values) if has_aux else None
             if self.m is not None and (len(values), len(aux_values)) != (self.m, self.n_aux):

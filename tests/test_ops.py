@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple
 import numba
 import numpy as np
 import pytest
+from scipy import special
 
 import jitad
 from jitad import Value, ops
@@ -112,6 +113,25 @@ ROWS = {
     "le": Row(lambda x, y: (_step(x <= y), 0.0, 0.0), ANY, ANY, _apart, points=((1.0, 1.0),)),
     "eq": Row(lambda x, y: (_step(x == y), 0.0, 0.0), ANY, ANY, _apart, points=((1.0, 1.0),)),
     "ne": Row(lambda x, y: (_step(x != y), 0.0, 0.0), ANY, ANY, _apart, points=((1.0, 1.0),)),
+    # special functions: scipy.special as the reference (lgamma: a separate test checks
+    # its digamma/trigamma partials and accuracy near the roots against mpmath)
+    "erf": Row(lambda x, y: (special.erf(x), 2 / np.sqrt(np.pi) * np.exp(-x * x), 0.0), ANY, points=((6.0, 0.0),)),
+    "erfc": Row(lambda x, y: (special.erfc(x), -2 / np.sqrt(np.pi) * np.exp(-x * x), 0.0), ANY, points=((5.0, 0.0),)),
+    "lgamma": Row(
+        lambda x, y: (special.gammaln(x), special.digamma(x), 0.0),
+        ((-4.9, -4.1), (-3.9, -3.1), (-0.9, -0.1), (0.05, 30.0)),
+        points=((1e-8, 0.0), (0.5, 0.0), (1e5, 0.0), (-2.5, 0.0)),
+    ),
+    "sign": Row(lambda x, y: (np.sign(x), 0.0, 0.0), AWAY_FROM_0, points=((0.0, 0.0),)),
+    "log_sigmoid": Row(
+        lambda x, y: (special.log_expit(x), _sigmoid(-x), 0.0), (-6.0, 6.0), points=((40.0, 0.0), (-40.0, 0.0))
+    ),
+    "logaddexp": Row(
+        lambda x, y: (np.logaddexp(x, y), np.exp(x - np.logaddexp(x, y)), np.exp(y - np.logaddexp(x, y))),
+        ANY,
+        ANY,
+        points=((1.5, 1.5), (700.0, -700.0), (-800.0, -801.0)),
+    ),
 }
 
 # Sources have no formula; the guard is checked on its own below.
@@ -279,6 +299,9 @@ RECORD = {
     "le": jitad.less_equal,
     "eq": jitad.equal,
     "ne": jitad.not_equal,
+    **{name: (lambda f: lambda x, y: f(x))(getattr(jitad, name)) for name in ("erf", "erfc", "lgamma", "sign")},
+    "log_sigmoid": lambda x, y: jitad.log_sigmoid(x),
+    "logaddexp": jitad.logaddexp,
 }
 
 
