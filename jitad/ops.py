@@ -26,14 +26,15 @@ class Op(NamedTuple):
     formula: Callable | None
     commutative: bool = False  # op(x, y) == op(y, x): lets CSE share both orders
     symbol: str | None = None  # infix operator, for pictures of the graph
+    flat: bool = False  # zero derivative everywhere (comparisons, rounding): nothing to differentiate
 
 
 OPS: list[Op] = []
 
 
-def _op(name, arity, commutative=False, symbol=None):
+def _op(name, arity, commutative=False, symbol=None, flat=False):
     def register(formula):
-        OPS.append(Op(len(OPS), name, arity, formula, commutative, symbol))
+        OPS.append(Op(len(OPS), name, arity, formula, commutative, symbol, flat))
         return formula
 
     return register
@@ -307,27 +308,27 @@ def where_false(x, y):
 # --- comparisons: 1.0 or 0.0, no derivative --------------------------------------------
 
 
-@_op("lt", 2, symbol="<")
+@_op("lt", 2, symbol="<", flat=True)
 def lt(x, y):
     return 1.0 if x < y else 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
 
 
-@_op("le", 2, symbol="<=")
+@_op("le", 2, symbol="<=", flat=True)
 def le(x, y):
     return 1.0 if x <= y else 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
 
 
-@_op("eq", 2, commutative=True, symbol="==")
+@_op("eq", 2, commutative=True, symbol="==", flat=True)
 def eq(x, y):
     return 1.0 if x == y else 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
 
 
-@_op("ne", 2, commutative=True, symbol="!=")
+@_op("ne", 2, commutative=True, symbol="!=", flat=True)
 def ne(x, y):
     return 1.0 if x != y else 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
 
 
-@_op("guard", 1)
+@_op("guard", 1, flat=True)
 def guard(x, y):
     # A comparison whose outcome steered Python control flow while recording: x is the
     # comparison, y the outcome then. 0.0 at replay means the branch went the other way.
@@ -350,22 +351,22 @@ def _floor(x):
     return math.copysign(t, x) if t == 0.0 else t  # floor(-0.0) is -0.0, as in NumPy
 
 
-@_op("floor", 1)
+@_op("floor", 1, flat=True)
 def floor(x, y):
     return _floor(x), 0.0, 0.0, 0.0, 0.0, 0.0
 
 
-@_op("ceil", 1)
+@_op("ceil", 1, flat=True)
 def ceil(x, y):
     return -_floor(-x), 0.0, 0.0, 0.0, 0.0, 0.0
 
 
-@_op("trunc", 1)
+@_op("trunc", 1, flat=True)
 def trunc(x, y):
     return (_floor(x) if x >= 0.0 else -_floor(-x)) if x == x else x, 0.0, 0.0, 0.0, 0.0, 0.0
 
 
-@_op("rint", 1)
+@_op("rint", 1, flat=True)
 def rint(x, y):
     # Round half to even, as Python's round(x), np.rint and torch.round.
     t = _floor(x)
@@ -401,12 +402,12 @@ def _floor_divide(x, y):
     return math.copysign(0.0, x / y)
 
 
-@_op("floordiv", 2, symbol="//")
+@_op("floordiv", 2, symbol="//", flat=True)
 def floordiv(x, y):
     return _floor_divide(x, y), 0.0, 0.0, 0.0, 0.0, 0.0
 
 
-@_op("stop_gradient", 1)
+@_op("stop_gradient", 1, flat=True)
 def stop_gradient(x, y):
     # x itself with no derivative: recorded, so replay recomputes it at new inputs.
     return x, 0.0, 0.0, 0.0, 0.0, 0.0
@@ -543,7 +544,7 @@ def lgamma(x, y):
     return v, psi, 0.0, psi1, 0.0, 0.0
 
 
-@_op("sign", 1)
+@_op("sign", 1, flat=True)
 def sign(x, y):
     # Piecewise constant: zero derivative everywhere (PyTorch); sign(+-0) and NaN are x.
     if x > 0.0:
@@ -596,14 +597,16 @@ def logaddexp(x, y):
 HELPERS = ("_floor", "_floor_divide")
 
 
-def formulas(math_module=math, wrap=None):
-    """{opcode: formula} with every formula and helper re-bound to ``math_module`` (NumPy's
-    scalar math for IEEE results where Python raises) and passed through ``wrap`` (Numba's
-    inlining for the kernels), so that recording and replay run one source."""
+def formulas(math_module=math, wrap=None, helpers=None):
+    """{opcode: formula} with every formula and helper re-bound to ``math_module`` and
+    passed through ``wrap`` (Numba's inlining for the kernels), so that recording and
+    replay run one source; ``helpers`` replaces helpers outright (Values' own floor when
+    the formulas run on Values, to record their derivatives)."""
     namespace = {**globals(), "math": math_module}
     wrap = wrap or (lambda f: f)
     for name in HELPERS:
         namespace[name] = wrap(types.FunctionType(globals()[name].__code__, namespace, name))
+    namespace.update(helpers or {})
     return {
         op.code: wrap(types.FunctionType(op.formula.__code__, namespace, op.formula.__name__))
         for op in OPS

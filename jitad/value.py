@@ -6,7 +6,9 @@ same formula runs again on NumPy scalars, which give the IEEE result.
 """
 
 import inspect
+import math
 import threading
+import types
 import warnings
 
 import numpy as np
@@ -428,7 +430,7 @@ def _sweep(y, seed=1.0):
     if t.tracing:
         raise RuntimeError(
             "backward() and gradients() inside a traced function would freeze their numbers into the tape; "
-            "use jitad.grad(f) around the traced function instead"
+            "use gradients(y, wrt, create_graph=True), whose results are recorded and replay at new inputs"
         )
     k = y._k
     if k is t.chunk and (k.deps or len(k.buf) >= SPLIT * ENTRY.itemsize):
@@ -504,11 +506,15 @@ def _refuse_stale_leaves(y, chunks, e, starts, last):
         )
 
 
-def gradients(y, wrt):
+def gradients(y, wrt, create_graph=False):
     """d y / d w for every Value w in ``wrt`` (leaves or intermediate nodes), as an ndarray.
 
     ``.grad`` is not touched. ``wrt`` may be one Value (returns a 0-d array), a sequence
     or an array of Values (returns an array of the same shape).
+
+    ``create_graph=True`` (PyTorch's name) records the reverse sweep itself on the tape and
+    returns an object array of Values: derivatives that can be differentiated again, to
+    any order, eagerly or inside ``jitad.trace`` (where they replay at new inputs).
     """
     if not isinstance(y, Value):
         raise TypeError(f"gradients: y must be a Value, got {type(y).__name__}")
@@ -519,6 +525,8 @@ def gradients(y, wrt):
             raise TypeError(f"gradients: wrt must hold Values, got {type(v).__name__}")
         if v._t is not y._t:
             raise StaleValueError(f"{v!r} is not on the tape of {y!r}")
+    if create_graph:
+        return _recorded_gradients(y, flat).reshape(w.shape)
     chunks, starts, adj = _sweep(y)
     where = {id(c): start for c, start in zip(chunks, starts.tolist())}
     out = np.zeros(flat.size)
@@ -529,6 +537,80 @@ def gradients(y, wrt):
             if p < adj.shape[0]:  # entries recorded after y do not influence it either
                 out[k] = adj[p]
     return out.reshape(w.shape)
+
+
+# --- gradients as Values: the reverse sweep, recorded --------------------------------------
+
+_ON_VALUES = {}  # opcode -> its formula run on Values, so that its partials are recorded ops
+
+
+def _formulas_on_values():
+    if not _ON_VALUES:
+        number = lambda v: v._data if isinstance(v, Value) else v  # noqa: E731
+        on_numbers = lambda f: lambda *args: f(*map(number, args))  # noqa: E731
+        namespace = types.SimpleNamespace(
+            exp=exp, log=log, log1p=log1p, expm1=expm1, sqrt=sqrt, sin=sin, cos=cos, tan=tan, asin=asin,
+            acos=acos, atan=atan, atan2=atan2, sinh=sinh, cosh=cosh, tanh=tanh, hypot=hypot, erf=erf, erfc=erfc,
+            lgamma=lgamma, floor=floor, pow=lambda a, b: a**b,
+            # Used on values only where the result is piecewise constant (parities, signs).
+            fmod=on_numbers(math.fmod), copysign=on_numbers(math.copysign), isnan=on_numbers(math.isnan),
+            inf=math.inf, nan=math.nan, pi=math.pi,
+        )  # fmt: skip
+        _ON_VALUES.update(ops.formulas(namespace, helpers={"_floor": floor, "_floor_divide": floor_divide}))
+    return _ON_VALUES
+
+
+def _recorded_gradients(y, wrt):
+    """d y / d w for the Values ``wrt``, as Values: the reverse sweep over y's graph, each
+    local partial computed by its op-table formula run on Values (so recorded, with its
+    own derivatives: any order works). A branch inside a formula is a guarded comparison."""
+    t = y._t
+    if not t.alive:
+        raise StaleValueError(f"{y!r} is from a tape that was reset; its entries are gone")
+    formulas = _formulas_on_values()
+    chunks = t.reachable(y._k)
+    e, starts = t.gather(chunks)
+    where = {id(c): start for c, start in zip(chunks, starts.tolist())}
+    last = where[id(y._k)] + y._i - y._k.base
+    owner = np.repeat(np.arange(len(chunks)), np.diff(np.append(starts, e.shape[0])))
+    rows = e[: last + 1].tolist()  # (c, val, da, db, a, b, op) per entry, as Python numbers
+
+    def node(p):
+        # A Value for entry p: it refers to the entry, so the partials recorded from it
+        # link into the graph y was recorded on.
+        chunk = chunks[owner[p]]
+        v = object.__new__(Value)
+        v._data = rows[p][1]
+        v._i = chunk.base + p - int(starts[owner[p]])
+        v._t = t
+        v._k = chunk
+        return v
+
+    adj = {last: 1.0}
+    done = {}
+    for p in range(last, -1, -1):
+        g = adj.pop(p, None)
+        if g is None:
+            continue
+        done[p] = g
+        c, _, _, _, a, b, code = rows[p]
+        op = ops.OPS[code]
+        if op.arity == 0 or op.flat:
+            continue
+        x = node(a) if a >= 0 else c
+        z = node(b) if b >= 0 else c
+        _, dx, dy, _, _, _ = formulas[code](x, z)
+        for operand, partial in ((a, dx), (b, dy)):
+            if operand >= 0 and not (type(partial) is float and partial == 0.0):
+                term = partial * g
+                adj[operand] = adj[operand] + term if operand in adj else term
+    out = np.empty(len(wrt), dtype=object)
+    for k, v in enumerate(wrt):
+        start = where.get(id(v._k))
+        p = None if start is None else start + v._i - v._k.base
+        g = done.get(p, 0.0) if p is not None and p <= last else 0.0
+        out[k] = g if isinstance(g, Value) else Value(g)  # a constant derivative: a leaf holding it
+    return out
 
 
 # --- module functions: Values or plain numbers alike ------------------------------------

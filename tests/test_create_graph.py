@@ -1,0 +1,128 @@
+"""Gradients of gradients: ``gradients(y, wrt, create_graph=True)`` records the reverse sweep,
+so derivatives are Values that can be differentiated again, eagerly and inside ``trace``
+(replayed at new points). References: the tape's exact Hessian (forward-over-reverse),
+finite differences, analytic formulas, PyTorch float64."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from programs import SMOOTH_SPECS, assert_close, central_difference, points, programs, property_settings, well_conditioned
+
+import jitad
+from jitad import Value
+
+PROPERTY = property_settings(40)
+
+
+@PROPERTY
+@given(st.data())
+def test_second_derivatives_equal_the_exact_hessian_on_random_programs(data):
+    prog = data.draw(programs(specs=SMOOTH_SPECS))
+    x = data.draw(points(prog.n_inputs))
+    assume(well_conditioned(prog, x) is not None)
+    H = jitad.trace(prog, x).hessian(x)
+    with jitad.Tape():
+        xs = np.array([Value(float(t)) for t in x], dtype=object)
+        g = jitad.gradients(prog(xs), xs, create_graph=True)
+        assert_close([v.data for v in g], jitad.trace(prog, x).grad(x), rtol=1e-12, what="first derivatives")
+        rows = [jitad.gradients(gi, xs) for gi in g]
+    assert_close(np.array(rows), H, rtol=1e-9, atol=1e-12, what="gradients of gradients vs the tape's Hessian")
+
+
+@PROPERTY
+@given(st.data())
+def test_traced_gradients_replay_at_new_points(data):
+    prog = data.draw(programs(specs=SMOOTH_SPECS))
+    x0 = data.draw(points(prog.n_inputs))
+    x1 = data.draw(points(prog.n_inputs))
+    assume(well_conditioned(prog, x0) is not None and well_conditioned(prog, x1) is not None)
+
+    def gradient(x):
+        return list(jitad.gradients(prog(x), x, create_graph=True))
+
+    G = jitad.trace(gradient, x0)  # the recorded sweep, replayed: no frozen numbers
+    F = jitad.trace(prog, x1)
+    assert_close(G(x1), F.grad(x1), rtol=1e-11, what="replayed gradient")
+    assert_close(G.jacobian(x1), F.hessian(x1), rtol=1e-9, atol=1e-12, what="Jacobian of the replayed gradient")
+
+
+def test_the_issue_example_replays_instead_of_freezing():
+    def f(w):
+        x = Value(3.0)
+        return jitad.gradients((x * w[0]) ** 2, [x], create_graph=True)[0] * w[0]
+
+    F = jitad.trace(f, np.array([2.0]))
+    assert F(np.array([5.0])) == 2 * 3.0 * 25 * 5  # d/dx (x w)^2 = 2 x w^2, times w
+    assert F.grad(np.array([5.0]))[0] == 2 * 3.0 * 3 * 25
+
+
+def test_without_create_graph_inside_trace_raises():
+    def f(w):
+        x = Value(3.0)
+        return jitad.gradients((x * w[0]) ** 2, [x])[0] * w[0]
+
+    with pytest.raises(RuntimeError, match="create_graph=True"):
+        jitad.trace(f, np.array([2.0]))
+
+
+def test_third_and_fourth_order_against_analytic(tape):
+    x = Value(0.7)
+    y = jitad.sin(x) * jitad.exp(x)  # y^(n) = 2^(n/2) e^x sin(x + n pi / 4)
+    d = y
+    for n in range(1, 5):
+        d = jitad.gradients(d, [x], create_graph=True)[0]
+        want = 2 ** (n / 2) * math.exp(0.7) * math.sin(0.7 + n * math.pi / 4)
+        assert d.data == pytest.approx(want, rel=1e-13)
+
+
+def test_gradients_with_respect_to_intermediates_and_unreached_values(tape):
+    x, w = Value(1.5), Value(-0.5)
+    h = x * x
+    y = jitad.tanh(h) * w
+    unrelated = Value(2.0)
+    g = jitad.gradients(y, [h, x, unrelated], create_graph=True)
+    assert all(isinstance(v, Value) for v in g)
+    np.testing.assert_allclose([v.data for v in g], jitad.gradients(y, [h, x, unrelated]), rtol=1e-15)
+    assert jitad.gradients(g[1], [w])[0] == pytest.approx(2 * 1.5 * (1 - math.tanh(2.25) ** 2))  # d2y/dx dw
+
+
+@pytest.mark.parametrize("name", ["relu", "abs", "maximum", "where"])
+def test_piecewise_ops_take_the_branch_of_the_point(tape, name):
+    x, z = Value(0.8), Value(-0.3)
+    exprs = {
+        "relu": lambda: jitad.relu(x * z + 1.0) ** 2,
+        "abs": lambda: abs(x - z) ** 3,
+        "maximum": lambda: jitad.maximum(x * x, z) * x,
+        "where": lambda: jitad.where(jitad.greater(x, z), x**3, z**3),
+    }
+    y = exprs[name]()
+    g = jitad.gradients(y, [x, z], create_graph=True)
+    H = np.array([jitad.gradients(gi, [x, z]) for gi in g])
+
+    def grad_at(p):
+        with jitad.Tape():
+            x2, z2 = Value(p[0]), Value(p[1])
+            nonlocal x, z
+            x, z = x2, z2
+            return jitad.gradients(exprs[name](), [x2, z2])
+
+    ref = central_difference(grad_at, np.array([0.8, -0.3]))
+    np.testing.assert_allclose(H, ref, rtol=1e-6, atol=1e-8)
+
+
+def test_against_torch_double_backward():
+    torch = pytest.importorskip("torch")
+    with jitad.Tape():
+        x, w = Value(0.4), Value(1.7)
+        y = jitad.log1p(x * x) * jitad.sigmoid(w * x) + jitad.atan2(w, x) ** 2
+        gx, gw = jitad.gradients(y, [x, w], create_graph=True)
+        ours = [jitad.gradients(gx, [x, w]), jitad.gradients(gw, [x, w])]
+    tx = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    tw = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    ty = torch.log1p(tx * tx) * torch.sigmoid(tw * tx) + torch.atan2(tw, tx) ** 2
+    tgx, tgw = torch.autograd.grad(ty, [tx, tw], create_graph=True)
+    theirs = [torch.autograd.grad(tgx, [tx, tw], retain_graph=True), torch.autograd.grad(tgw, [tx, tw])]
+    np.testing.assert_allclose(ours, [[float(v) for v in row] for row in theirs], rtol=1e-12)
