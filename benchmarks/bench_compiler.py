@@ -7,6 +7,7 @@ formulas the generated code calls.
 """
 
 import datetime
+import math
 import os
 import sys
 import tempfile
@@ -15,14 +16,14 @@ from pathlib import Path
 
 os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="jitad-bench-compiler-")  # before numba loads
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import jitad  # noqa: E402
-from jitad import compiler  # noqa: E402
+import jitad
+from jitad import compiler
 
-from . import workloads as W  # noqa: E402
-from .adapters import CasadiSX, NumbaHand, Unavailable, jitad_namespace  # noqa: E402
-from .measure import cpu_name, median_time  # noqa: E402
+from . import workloads as W
+from .adapters import CasadiSX, NumbaHand, Unavailable, jitad_namespace
+from .measure import cpu_name, median_time
 
 REPEATS = 200
 
@@ -79,15 +80,15 @@ def row(w):
     except Unavailable:
         cas_t = float("nan")
     s = rr.summary()
-    return dict(
-        label=w.label, entries=len(p), static=s["static"], functions=c.summary.get("functions", 0),
-        reroll_s=reroll_s, cold_s=cold_s, disk_s=disk_s, memory_s=memory_s, first_s=first_s,
-        interp=interp, comp=comp, hand=hand_t, casadi=cas_t, identical=identical,
-    )  # fmt: skip
+    return {
+        "label": w.label, "entries": len(p), "static": s["static"], "functions": c.summary.get("functions", 0),
+        "reroll_s": reroll_s, "cold_s": cold_s, "disk_s": disk_s, "memory_s": memory_s, "first_s": first_s,
+        "interp": interp, "comp": comp, "hand": hand_t, "casadi": cas_t, "identical": identical,
+    }  # fmt: skip
 
 
 def fmt_us(s):
-    return f"{s * 1e6:.1f}" if s == s else "—"
+    return "—" if math.isnan(s) else f"{s * 1e6:.1f}"
 
 
 def main(names):
@@ -98,9 +99,11 @@ def main(names):
         rows.append(r)
         print(r, flush=True)
     lines = [
-        "| workload | tape entries | rerolled (entries in code) | reroll (s) | compile cold (s) | from disk (s) "
-        "| from memory (ms) | first call, compile=True (ms) | interpreter (µs) | compiled (µs) | hand Numba (µs) "
-        "| CasADi SX (µs) | compiled / hand | compiled / CasADi | bit-identical |",
+        (
+            "| workload | tape entries | rerolled (entries in code) | reroll (s) | compile cold (s) | from disk (s) "
+            "| from memory (ms) | first call, compile=True (ms) | interpreter (µs) | compiled (µs) | hand Numba (µs) "
+            "| CasADi SX (µs) | compiled / hand | compiled / CasADi | bit-identical |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:

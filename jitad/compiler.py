@@ -102,7 +102,8 @@ class Rerolled:
     def summary(self):
         """Counts for reports: top-level items, blocks, entries emitted (each body once)."""
         blocks = sum(1 for sid, _, _ in self.items if self.structures.info[sid][0] == _BLOCK)
-        return dict(items=len(self.items), blocks=blocks, static=sum(self._static(sid) for sid, _, _ in self.items))
+        static = sum(self._static(sid) for sid, _, _ in self.items)
+        return {"items": len(self.items), "blocks": blocks, "static": static}
 
     def _static(self, sid):
         info = self.structures.info[sid]
@@ -116,7 +117,9 @@ def reroll(op, a, b):
     has_a = a >= 0
     has_b = b >= 0
     items = []
-    for i, (code, ha, hb, ia, ib) in enumerate(zip(op.tolist(), has_a.tolist(), has_b.tolist(), a.tolist(), b.tolist())):
+    for i, (code, ha, hb, ia, ib) in enumerate(
+        zip(op.tolist(), has_a.tolist(), has_b.tolist(), a.tolist(), b.tolist())
+    ):
         refs = (ia, ib) if ha and hb else (ia,) if ha else (ib,) if hb else ()
         items.append((st.intern((_ENTRY, code, ha, hb), len(refs), 1), i, refs))
     for _ in range(MAX_LEVELS):
@@ -143,10 +146,14 @@ def _roll_level(items, st):
         # left straight when a block starting up to LOOKAHEAD items later covers half as
         # much again (counted only that far: a long block is not scanned once per start).
         need = (3 * count * period) // 2 + LOOKAHEAD
-        if period == 0 or count * period <= LOOKAHEAD_BELOW and any(
-            _coverage(_best_block(items, sids, nxt, t + d, need)) >= need
-            for d in range(1, LOOKAHEAD + 1)
-            if t + d < T
+        if (
+            period == 0
+            or count * period <= LOOKAHEAD_BELOW
+            and any(
+                _coverage(_best_block(items, sids, nxt, t + d, need)) >= need
+                for d in range(1, LOOKAHEAD + 1)
+                if t + d < T
+            )
         ):
             out.append(items[t])
             t += 1
@@ -190,9 +197,7 @@ def _repetitions(items, sids, t, period, most=None):
     T = len(items)
     if t + 2 * period > T or sids[t : t + period] != sids[t + period : t + 2 * period]:
         return 1
-    strides = [
-        tuple(r1 - r0 for r0, r1 in zip(items[t + j][2], items[t + period + j][2])) for j in range(period)
-    ]
+    strides = [tuple(r1 - r0 for r0, r1 in zip(items[t + j][2], items[t + period + j][2])) for j in range(period)]
     count = 2
     while t + (count + 1) * period <= T and (most is None or count < most):
         base = t + count * period
@@ -445,7 +450,7 @@ def _reverse_lines(plan, nodes, lines, pad):
                 lines.append(f"{pad}for k{loop} in range({count - 1}, -1, -1):")
                 lines.extend(inner)
             continue
-        _, slot, code, index, x, y = node
+        _, slot, _, index, x, y = node
         if x[0] == "const" and y[0] == "const":
             continue
         i = _render(index)
@@ -587,7 +592,7 @@ def _module(key, source, path):
     else:
         module = type(sys)(name)
         module.__dict__.update(_namespace())
-        exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+        exec(compile(source, f"<{name}>", "exec"), module.__dict__)  # noqa: S102 - our generated code
     functions = [k for k, v in list(module.__dict__.items()) if callable(v) and getattr(v, "__module__", None) == name]
     # Wrapped after execution: Numba reads the globals when it compiles, so the kernels
     # call each other compiled (and cached per file when path is set).

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from programs import programs, property_settings
 
 import jitad
 from jitad import compiler, kernels
 from jitad.trace import _Work
-
-from programs import programs, property_settings
 
 
 def rosenbrock(x):
@@ -331,6 +330,7 @@ def test_cache_hit_in_memory_and_on_disk_miss_for_another_structure(fresh_memory
     c = _compile(program)
     assert not c.summary["disk"] and c.source_path.exists()
     assert _compile(program) is c  # memory
+
     # another program of the same structure (other constants and values) shares the code
     def other_constants(x):
         s = 50 * (x[1] - x[0] ** 2) ** 2 + (2 - x[0]) ** 2
@@ -445,7 +445,9 @@ def test_a_new_process_loads_from_disk(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "NUMBA_CACHE_DIR": str(compiler._config.CACHE_DIR)}
     runs = [
-        subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        subprocess.run(
+            [sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False
+        )
         for _ in range(2)
     ]
     for r in runs:
