@@ -65,11 +65,8 @@ class _Chunk:
     def __len__(self):
         return len(self.buf) // _SIZE
 
-    def entries(self):
-        return np.frombuffer(bytes(self.buf), dtype=ENTRY)
-
     def close(self):
-        """Keep only the chunks its entries read (it is full: nothing more is appended)."""
+        """Keep only the chunks its entries read (it is closed: nothing more is appended)."""
         if self.first_op is None or not self.deps:
             self.deps = []
             return
