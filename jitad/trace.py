@@ -13,6 +13,7 @@ from collections import OrderedDict
 import numba
 import numpy as np
 
+from . import compiler as _compiler
 from . import debug, kernels, ops
 from . import progress as _progress
 from .optimize import optimize as _optimize
@@ -215,9 +216,10 @@ class TapeFunction:
     ``retrace="raise"`` raises ``BranchChanged``.
     """
 
-    def __init__(self, f, program, scalar, retrace="auto", optimize=False):
+    def __init__(self, f, program, scalar, retrace="auto", optimize=False, compile=False):
         if retrace not in ("auto", "raise"):
             raise ValueError(f"retrace must be 'auto' or 'raise', got {retrace!r}")
+        self._tier = _compiler.Tier(compile)  # compiled replays, built in the background
         self._optimize = bool(optimize)
         if self._optimize:
             program = _optimize(program)
@@ -287,7 +289,8 @@ class TapeFunction:
         failures = []
         for program in itertools.chain((first,), self._other_programs(first)):
             w = self._work(program)
-            failed = _replay(program, w, x, p)
+            compiled = self._tier.get(program)
+            failed = _replay(program, w, x, p) if compiled is None else compiled.replay(program, w, x, p)
             if failed < 0:
                 if debug.enabled():
                     debug.check_replay(program, w.val)
@@ -379,10 +382,14 @@ class TapeFunction:
         program = self._last
         w = self._work(program)
         out = program.out
-        failed = kernels.replay_value_and_grad(
-            program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj,
-            program.inputs, program.params, out, x, _flatten_params(args, self._param_shapes), grad,
-        )  # fmt: skip
+        compiled = self._tier.get(program)
+        if compiled is not None:
+            failed = compiled.value_and_grad(program, w, x, _flatten_params(args, self._param_shapes), grad)
+        else:
+            failed = kernels.replay_value_and_grad(
+                program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj,
+                program.inputs, program.params, out, x, _flatten_params(args, self._param_shapes), grad,
+            )  # fmt: skip
         if failed >= 0 or debug.enabled():
             program, w = self._run(x, args)
             out = program.out
@@ -393,8 +400,14 @@ class TapeFunction:
         """∇f(x) as an ndarray of shape (n,)."""
         return self.value_and_grad(x, *args)[1]
 
-    def jacobian(self, x, *args):
-        """The (m, n) Jacobian: m reverse sweeps, or n tangent sweeps when n < m."""
+    def jacobian(self, x, *args, sparse=False):
+        """The (m, n) Jacobian: m reverse sweeps, or n tangent sweeps when n < m. With
+        ``sparse=True`` a ``scipy.sparse.csr_array`` (m, n), exact, by one tangent sweep per
+        colour of the columns of its sparsity pattern (see ``jacobian_sparsity``)."""
+        if sparse:
+            from . import sparse as _sparse
+
+            return _sparse.jacobian(self, x, args)
         program, w = self._run(x, args)
         m = program.outputs.size
         jac = np.empty((m, self._n))
@@ -408,6 +421,52 @@ class TapeFunction:
         else:
             kernels.jacobian_reverse(program.a, program.b, w.da, w.db, w.adj, program.inputs, program.outputs, jac)
         return jac[0] if self._scalar else jac
+
+    def jvp(self, x, v, *args):
+        """(f(x), J v): one replay and one tangent sweep (forward mode); floats for a scalar f."""
+        program, w = self._run(x, args)
+        v = _as_vector(v, self._n, "v")
+        dot = np.zeros(len(program))
+        dot[program.inputs] = v
+        kernels.tangent(program.a, program.b, w.da, w.db, dot, 0, len(program))
+        values, dots = w.val[program.outputs], dot[program.outputs]
+        return (float(values[0]), float(dots[0])) if self._scalar else (values.copy(), dots)
+
+    def vjp(self, x, u, *args):
+        """(f(x), u^T J): one replay and one reverse sweep seeded with u on the m outputs."""
+        program, w = self._run(x, args)
+        u = _as_vector(u, self._m, "u")
+        g = np.empty(self._n)
+        kernels.weighted_gradient(program.a, program.b, w.da, w.db, w.adj, program.inputs, program.outputs, u, g)
+        values = w.val[program.outputs]
+        return (float(values[0]) if self._scalar else values.copy()), g
+
+    def jacobian_batch(self, X, *args):
+        """The Jacobian at each row of X (K, n): shape (K, m, n), or (K, n) for one output.
+        Parameters are shared or per point, as in ``batch``; one ``jacobian`` per point."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self._n:
+            raise ValueError(f"X must be a real array of shape (K, {self._n}), got {X.shape}")
+        _, per_point = self._batch_params(args, X.shape[0])
+        rows = [
+            self.jacobian(X[k], *(_point_args(args, self._param_shapes, k) if per_point else args))
+            for k in range(X.shape[0])
+        ]
+        return np.array(rows).reshape((X.shape[0],) + (() if self._scalar else (self._m,)) + (self._n,))
+
+    def jacobian_sparsity(self):
+        """The (m, n) pattern of the Jacobian of the current tape, a boolean
+        ``scipy.sparse.csr_array``: entry (j, k) is False only where out_j cannot depend on x_k."""
+        from . import sparse as _sparse
+
+        return _sparse.jacobian_sparsity(self.tape)
+
+    def hessian_sparsity(self, weights=None):
+        """The (n, n) pattern of the Hessian of the first output (of every output with a
+        nonzero weight when ``weights`` are given), a symmetric boolean ``csr_array``."""
+        from . import sparse as _sparse
+
+        return _sparse.hessian_sparsity(self.tape, _sparse.differentiated(self.tape, weights))
 
     # batches ------------------------------------------------------------------------------
     def batch(self, X, *args, block=None):
@@ -511,8 +570,13 @@ class TapeFunction:
             w.adj_dot = np.zeros(len(program))
         return program, w
 
-    def hvp(self, x, v, *args):
-        """Hessian-vector product H(x) v, exact (forward-over-reverse on the tape)."""
+    def hvp(self, x, v, *args, weights=None):
+        """Hessian-vector product H(x) v, exact (forward-over-reverse on the tape); with
+        ``weights`` (one per output) the Hessian of sum_j weights[j] out_j."""
+        if weights is not None:
+            from . import sparse as _sparse
+
+            return _sparse.weighted_hvp(self, x, v, args, weights)
         program, w = self._second_order(x, args)
         v = _as_vector(v, self._n, "v")
         hv = np.empty(self._n)
@@ -522,8 +586,16 @@ class TapeFunction:
         )  # fmt: skip
         return hv
 
-    def hessian(self, x, *args):
-        """The (n, n) Hessian: n forward-over-reverse sweeps, symmetrized."""
+    def hessian(self, x, *args, sparse=False, weights=None):
+        """The (n, n) Hessian: n forward-over-reverse sweeps, symmetrized. ``sparse=True``
+        returns a ``scipy.sparse.csr_array`` by one sweep per colour of its sparsity pattern;
+        ``weights`` (one per output) gives the Hessian of sum_j weights[j] out_j, as SciPy's
+        ``NonlinearConstraint(hess=lambda x, v: F.hessian(x, weights=v))`` wants."""
+        if sparse or weights is not None:
+            from . import sparse as _sparse
+
+            h = _sparse.hessian(self, x, args, weights)
+            return h if sparse else h.toarray()
         program, w = self._second_order(x, args)
         h = np.empty((self._n, self._n))
         kernels.hessian(
@@ -646,7 +718,7 @@ def _check_batch_arrays(program, X, P, values, grads, want_grad):
         )
 
 
-def trace(f, x0, *args, retrace="auto", optimize=False, progress=None):
+def trace(f, x0, *args, retrace="auto", optimize=False, progress=None, compile=False):
     """Record ``f(x, *args)`` at ``x0`` and return a ``TapeFunction`` that replays it.
 
     ``f`` receives ``x`` as a 1-D object array of Values and returns a Value or a sequence of
@@ -655,8 +727,11 @@ def trace(f, x0, *args, retrace="auto", optimize=False, progress=None):
     common subexpressions and drops unused entries before replaying (worth it for tapes
     with repeated work and many replays; see benchmarks/RESULTS.md). ``progress`` shows
     how recording and optimizing go once they take more than a few seconds (``None``: when
-    stderr is a terminal; tqdm when installed).
+    stderr is a terminal; tqdm when installed). ``compile=True`` compiles the tape's
+    repetition into loops in a background thread (``"auto"``: once a long tape has been
+    called often); calls run on the interpreter until the code is ready, with identical
+    results (see jitad/compiler.py).
     """
     program, scalar = record(f, x0, args, progress=progress)
     with _progress.watch(f"optimizing {len(program):,} entries", progress if optimize else False):
-        return TapeFunction(f, program, scalar, retrace=retrace, optimize=optimize)
+        return TapeFunction(f, program, scalar, retrace=retrace, optimize=optimize, compile=compile)
