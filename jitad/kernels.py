@@ -423,17 +423,63 @@ def weighted_hessian_vector(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs,
 
 
 @kernel
-def compressed_hessian(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs, outputs, weights, colour, src_colour, src_row, data):
-    """The nonzeros of the weighted Hessian by one Hessian-vector product per colour of
-    columns: data[p] = (H s_c)[src_row[p]] for c = src_colour[p], s_c the indicator of the
-    columns of colour c (no two of which share a nonzero row)."""
+def compressed_hessian(op, a, b, c, val, da, db, adj, inputs, outputs, weights, colour, src_colour, src_row, data):
+    """The nonzeros of the weighted Hessian, data[p] = (H s_c)[src_row[p]] for c =
+    src_colour[p], s_c the indicator of the columns of colour c (no two of which share a
+    nonzero row): ``hvp_sweep`` with one tangent lane per colour, so each entry's second
+    partials are evaluated once for all colours."""
     n = inputs.shape[0]
-    s = np.empty(n)
-    hv = np.empty(n)
-    for cc in range(colour.max() + 1 if n else 0):
-        for k in range(n):
-            s[k] = 1.0 if colour[k] == cc else 0.0
-        weighted_hessian_vector(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs, outputs, weights, s, hv)
-        for p in range(data.shape[0]):
-            if src_colour[p] == cc:
-                data[p] = hv[src_row[p]]
+    L = colour.max() + 1 if n else 0
+    last = outputs.max()
+    dot = np.zeros((last + 1, L))
+    adj_dot = np.zeros((last + 1, L))
+    for k in range(n):
+        if inputs[k] <= last:
+            dot[inputs[k], colour[k]] = 1.0
+    for i in range(last + 1):
+        ia = a[i]
+        ib = b[i]
+        if ia >= 0 or ib >= 0:
+            for l in range(L):
+                s = 0.0
+                if ia >= 0:
+                    s += _product(da[i], dot[ia, l])
+                if ib >= 0:
+                    s += _product(db[i], dot[ib, l])
+                dot[i, l] = s
+    adj[: last + 1] = 0.0
+    for j in range(outputs.shape[0]):
+        adj[outputs[j]] += weights[j]
+    for i in range(last, -1, -1):
+        ia = a[i]
+        ib = b[i]
+        if ia < 0 and ib < 0:
+            continue
+        g = adj[i]
+        moving = False  # any lane with a nonzero operand tangent
+        for l in range(L):
+            if (ia >= 0 and dot[ia, l] != 0.0) or (ib >= 0 and dot[ib, l] != 0.0):
+                moving = True
+                break
+        dxx = dxy = dyy = 0.0
+        if g != 0.0 and moving:
+            x = val[ia] if ia >= 0 else c[i]
+            y = val[ib] if ib >= 0 else c[i]
+            _, _, _, dxx, dxy, dyy = evaluate(op[i], x, y)
+        if ia >= 0:
+            adj[ia] += _product(da[i], g)
+        if ib >= 0:
+            adj[ib] += _product(db[i], g)
+        for l in range(L):
+            gd = adj_dot[i, l]
+            if g == 0.0 and gd == 0.0:
+                continue
+            xd = dot[ia, l] if ia >= 0 else 0.0
+            yd = dot[ib, l] if ib >= 0 else 0.0
+            if ia >= 0:
+                adj_dot[ia, l] += _product(da[i], gd) + _product(dxx, xd * g) + _product(dxy, yd * g)
+            if ib >= 0:
+                adj_dot[ib, l] += _product(db[i], gd) + _product(dxy, xd * g) + _product(dyy, yd * g)
+    for p in range(data.shape[0]):
+        r = src_row[p]
+        data[p] = adj_dot[inputs[r], src_colour[p]] if inputs[r] <= last else 0.0

@@ -557,16 +557,19 @@ def sign(x, y):
 @_op("log_sigmoid", 1)
 def log_sigmoid(x, y):
     # log(1 / (1 + e^-x)) = -softplus(-x), with e^-|x| so nothing overflows; the
-    # derivative is sigmoid(-x), computed on the side where it is not 1 - (almost 1).
+    # derivative is d = sigmoid(-x) and the second -d * sigmoid(x), both computed from
+    # e^-|x| (never as 1 - (almost 1), which loses every digit of a tiny sigmoid).
     if x >= 0.0:
         e = math.exp(-x)
         v = -math.log1p(e)
         d = e / (1.0 + e)
+        s = 1.0 / (1.0 + e)
     else:
         e = math.exp(x)
         v = x - math.log1p(e)
         d = 1.0 / (1.0 + e)
-    return v, d, 0.0, -d * (1.0 - d), 0.0, 0.0
+        s = e / (1.0 + e)
+    return v, d, 0.0, -d * s, 0.0, 0.0
 
 
 @_op("logaddexp", 2, commutative=True)

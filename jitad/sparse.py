@@ -232,12 +232,12 @@ def _seeds(F, program, weights):
 
 def hessian(F, x, args, weights=None):
     """The Hessian of F's first output (or of sum_j weights[j] out_j) at x, a csr_array."""
-    program, w = _with_tangents(F, x, args)
+    program, w = F._run(x, args)
     outputs, seeds = _seeds(F, program, weights)
     pattern, colour, src_colour, src_row = _hessian_plan(program, differentiated(program, weights))
     data = np.empty(pattern.indices.size)
     kernels.compressed_hessian(
-        program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj, w.dot, w.adj_dot,
+        program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj,
         program.inputs, outputs, seeds, colour, src_colour, src_row, data,
     )  # fmt: skip
     return scipy.sparse.csr_array((data, pattern.indices, pattern.indptr), shape=pattern.shape)
