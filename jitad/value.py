@@ -124,6 +124,9 @@ def _binary(code, reflected=False, identity=None):
             return _record(t, code, self._data, other._data, self._i, other._i, 0.0, formula)
         c = float(other) if type(other) is float or type(other) is int else _constant(other)
         if c is NotImplemented:
+            if isinstance(other, (list, tuple)):
+                # As NumPy broadcasts a number against a list: v - [1, 2] is [v - 1, v - 2].
+                return np.frompyfunc(lambda o: method(self, o), 1, 1)(np.asarray(other, dtype=object))
             return NotImplemented
         if c == identity:
             return self

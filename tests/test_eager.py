@@ -299,3 +299,21 @@ def test_forward_only_loop_without_leaves_or_backward_is_freed(tape):
         fresh = model([0.001 * k, 0.5])
         assert fresh.data == y.data
         np.testing.assert_array_equal(jitad.gradients(y, model.parameters()), jitad.gradients(fresh, model.parameters()))
+
+
+def test_a_value_broadcasts_against_lists_like_numpy(tape):
+    v = Value(3.0)
+    for got, want in ((v - [1, 2], [2.0, 1.0]), ([1, 2] - v, [-2.0, -1.0]), (v * (2.0, 4.0), [6.0, 12.0])):
+        assert isinstance(got, np.ndarray) and got.dtype == object
+        assert [g.data for g in got] == want
+    grid = v / [[1.0, 2.0], [4.0, 8.0]]
+    assert grid.shape == (2, 2)
+    assert jitad.gradients(grid.sum(), [v])[0] == 1 + 0.5 + 0.25 + 0.125
+
+
+def test_numpy_rounding_on_object_arrays_is_recorded(tape):
+    a = np.array([Value(1.4), Value(2.5), Value(-0.5)], dtype=object)
+    for f in (np.round, np.rint):
+        r = f(a)
+        assert [v.data for v in r] == [1.0, 2.0, -0.0]
+        assert all(isinstance(v, Value) for v in r)
