@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from .trace import TapeFunction, record
-from .value import Value
+from .value import Value, gradients
 
 
 class _Structure:
@@ -278,6 +278,48 @@ def _rebuild(cls, f, argnums, has_aux, retrace):
     return cls(f, argnums, has_aux, retrace)
 
 
+# --- inside another transformation: f runs on Values and the sweep is recorded ------------
+
+
+def _holds_values(args):
+    return any(
+        isinstance(a, Value) or (isinstance(a, (list, tuple, np.ndarray)) and _any_value(np.asarray(a, dtype=object)))
+        for a in args
+    )
+
+
+def _any_value(a):
+    return any(isinstance(v, Value) for v in a.flat)
+
+
+def _box(arg):
+    """A differentiated argument as Values: the Values it holds, numbers as new leaves."""
+    a = np.asarray(arg, dtype=object)
+    boxed = np.frompyfunc(lambda v: v if isinstance(v, Value) else Value(v), 1, 1)(a)
+    return boxed if a.ndim else (boxed[()] if isinstance(boxed, np.ndarray) else boxed)
+
+
+def _recorded_value_and_grad(transform, args):
+    """(f, ∇f) as Values, for a call on Values (``grad(grad(f))``, or grad inside ``trace``):
+    f runs on them and ``gradients(create_graph=True)`` records the reverse sweep, so the
+    result can be differentiated again."""
+    args = list(args)
+    argnums = tuple(k % len(args) for k in transform._argnums)
+    for k in argnums:
+        args[k] = _box(args[k])
+    out = transform._f(*args)
+    aux = None
+    if transform._has_aux:
+        out, aux = out
+    out = _as_value(out, "the output of f")
+    parts = []
+    for k in argnums:
+        w = args[k]
+        g = gradients(out, np.asarray(w, dtype=object).ravel(), create_graph=True)
+        parts.append(g.reshape(np.shape(w)) if np.ndim(w) else g[0])
+    return out, transform._result(parts), aux
+
+
 class _ValueAndGrad(_Transform):
     _name = "value_and_grad"
 
@@ -285,6 +327,9 @@ class _ValueAndGrad(_Transform):
         super().__init__(f, argnums, has_aux, retrace, scalar=True)
 
     def __call__(self, *args):
+        if _holds_values(args):
+            out, g, aux = _recorded_value_and_grad(self, args)
+            return ((out, aux), g) if self._has_aux else (out, g)
         s, t = self._prepare(args)
         values, g = t.value_and_grad(s.x, s.params)
         value = float(values[0])
@@ -300,6 +345,9 @@ class _Grad(_Transform):
         super().__init__(f, argnums, has_aux, retrace, scalar=True)
 
     def __call__(self, *args):
+        if _holds_values(args):
+            _, g, aux = _recorded_value_and_grad(self, args)
+            return (g, aux) if self._has_aux else g
         s, t = self._prepare(args)
         values, g = t.value_and_grad(s.x, s.params)
         result = self._result(s.split(g))

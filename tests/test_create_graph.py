@@ -126,3 +126,29 @@ def test_against_torch_double_backward():
     tgx, tgw = torch.autograd.grad(ty, [tx, tw], create_graph=True)
     theirs = [torch.autograd.grad(tgx, [tx, tw], retain_graph=True), torch.autograd.grad(tgw, [tx, tw])]
     np.testing.assert_allclose(ours, [[float(v) for v in row] for row in theirs], rtol=1e-12)
+
+
+def test_grad_of_grad_of_transforms():
+    f = lambda x: jitad.sin(x) * x**3  # noqa: E731
+    d2 = jitad.grad(jitad.grad(f))
+    d3 = jitad.grad(d2)
+    for x in (0.5, 1.7, -2.2):
+        second = -math.sin(x) * x**3 + 6 * x**2 * math.cos(x) + 6 * x * math.sin(x)
+        third = -math.cos(x) * x**3 - 9 * x**2 * math.sin(x) + 18 * x * math.cos(x) + 6 * math.sin(x)
+        assert d2(x) == pytest.approx(second, rel=1e-13)
+        assert d3(x) == pytest.approx(third, rel=1e-12)
+
+
+def test_jacobian_of_grad_is_the_hessian_and_argnums_nest():
+    def g(x, w):
+        return jitad.exp(x[0] * w) * x[1] ** 2 + jitad.log1p(x[0] ** 2) * w
+
+    x = np.array([0.3, 1.2])
+    H = jitad.jacobian(jitad.grad(g))(x, 0.7)
+    np.testing.assert_allclose(H, jitad.hessian(g)(x, 0.7), rtol=1e-13)
+    # d/dw of the gradient in x: a mixed second derivative through argnums.
+    mixed = jitad.jacobian(lambda w, x: jitad.grad(g)(x, w[0]))(np.array([0.7]), x)
+    fd = central_difference(lambda w: jitad.grad(g)(x, w[0]), np.array([0.7]))
+    np.testing.assert_allclose(mixed, fd, rtol=1e-8)
+    value, grads = jitad.value_and_grad(lambda x: jitad.value_and_grad(g)(x, 0.7)[0] * 2.0)(x)
+    np.testing.assert_allclose(grads, 2.0 * jitad.grad(g)(x, 0.7), rtol=1e-14)
