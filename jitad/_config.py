@@ -123,7 +123,9 @@ def _announce_slow_compiles(dispatcher, name):
     # Numba's C dispatcher calls _compile_for_args when no compiled version matches the
     # argument types (a cache load goes through it too, in milliseconds). A timer, not a
     # cache lookup, decides: only a compile still running after SLOW_COMPILE_S is announced.
-    compile_for_args = dispatcher._compile_for_args
+    compile_for_args = getattr(dispatcher, "_compile_for_args", None)
+    if compile_for_args is None:  # NUMBA_DISABLE_JIT=1: a plain Python function
+        return
 
     def compile_announced(*args, **kws):
         def say():

@@ -516,7 +516,7 @@ def _formulas():
 _FORMULAS = None
 # kernels._product, compiled as a function of its own (Numba's IR inlining adds blocks to
 # every caller; LLVM inlines it as a select).
-_PRODUCT = _config.kernel(kernels._product.py_func)
+_PRODUCT = _config.kernel(getattr(kernels._product, "py_func", kernels._product))  # a plain function under NUMBA_DISABLE_JIT
 _FORMULAS_LOCK = threading.Lock()
 
 

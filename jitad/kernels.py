@@ -145,6 +145,23 @@ def positions(a, b, bases, starts):
 
 
 @kernel
+def mark_needed(a, b, bases, starts, j, needed):
+    """Mark the operands of chunk j's needed entries (newest first) as needed: needed holds
+    every chunk's entries from starts[k] on, chunk k numbered from bases[k]."""
+    for i in range(a.shape[0] - 1, -1, -1):
+        if not needed[starts[j] + i]:
+            continue
+        s = a[i]
+        if s >= 0:
+            k = _chunk_of(s, bases, j)
+            needed[starts[k] + s - bases[k]] = True
+        s = b[i]
+        if s >= 0:
+            k = _chunk_of(s, bases, j)
+            needed[starts[k] + s - bases[k]] = True
+
+
+@kernel
 def referenced_chunks(a, b, base, bases, used):
     """used[k] = True for every older chunk k (numbered from bases[k], ascending) that an
     operand below ``base`` falls in."""

@@ -156,23 +156,26 @@ class _Recorder:
         self.prune_at = 2 * len(self.live()) + 8
 
     def _cut(self, live, orphans):
-        """Turn the entries of orphan chunks that nothing needs into inert leaves."""
-        e, starts = self.gather(live)
-        needed = np.zeros(e.shape[0])
-        for c, start, orphan in zip(live, starts.tolist(), orphans):
+        """Turn the entries of orphan chunks that nothing needs into inert leaves. Marks
+        chunk by chunk, newest first, in place: one byte per entry, no copy of the tape."""
+        sizes = [len(c) for c in live]
+        starts = np.fromiter(itertools.accumulate(sizes[:-1], initial=0), dtype=np.int64, count=len(live))
+        bases = np.array([c.base for c in live], dtype=np.int64)
+        needed = np.zeros(sum(sizes), dtype=np.bool_)
+        for c, start, size, orphan in zip(live, starts.tolist(), sizes, orphans):
             if not orphan:
-                needed[start : start + len(c)] = 1.0  # everything a chunk that Values hold has
-        ones = np.ones(e.shape[0])
-        kernels.backward(e["a"], e["b"], ones, ones, needed, e.shape[0] - 1)
-        for c, start, orphan in zip(live, starts.tolist(), orphans):
-            if orphan:
-                unused = needed[start : start + len(c)] == 0.0
-                own = np.frombuffer(c.buf, dtype=ENTRY)
+                needed[start : start + size] = True  # everything in a chunk that Values hold
+        for j in range(len(live) - 1, -1, -1):
+            own = np.frombuffer(live[j].buf, dtype=ENTRY)
+            kernels.mark_needed(own["a"], own["b"], bases, starts, j, needed)
+            if orphans[j]:
+                unused = ~needed[starts[j] : starts[j] + sizes[j]]
                 own["a"][unused] = -1
                 own["b"][unused] = -1
                 own["op"][unused] = ops.LEAF  # inert: a value with no operands
-                del own
-                c.close()
+            del own
+            if orphans[j]:
+                live[j].close()
 
     def before_op(self):
         """Called by the first op after a leaf, and when the open chunk is full."""

@@ -395,7 +395,7 @@ class _Hvp(_Transform):
         vs = v if self._tuple else (v,)
         if len(vs) != len(s.argnums):
             raise ValueError(f"v must hold {len(s.argnums)} array(s), one per argnum")
-        flat = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1) for p in vs])
+        flat = np.concatenate([_real_array(p, "v", True).reshape(-1) for p in vs])
         return self._with_aux(self._result(s.split(t.hvp(s.x, flat, s.params))), t, s)
 
 

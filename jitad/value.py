@@ -5,6 +5,7 @@ Python raises instead of giving IEEE ``inf``/``nan`` (``math.log(0)``, ``1 / 0``
 same formula runs again on NumPy scalars, which give the IEEE result.
 """
 
+import functools
 import inspect
 import math
 import threading
@@ -20,8 +21,22 @@ def _ieee(code, x, y):
     """Op ``code`` on (x, y) with IEEE results (inf, nan) where Python's math raises: the
     compiled formula, so that recording gets the very bits replay computes (NumPy's SIMD
     math, the other IEEE route, differs from libm in the last bit for pow and atan2)."""
-    v, dx, dy, dxx, dxy, dyy = kernels.evaluate_op(code, float(x), float(y))
+    try:
+        v, dx, dy, dxx, dxy, dyy = kernels.evaluate_op(code, float(x), float(y))
+    except (ArithmeticError, ValueError):  # NUMBA_DISABLE_JIT=1: that kernel is Python, whose math raises
+        with np.errstate(all="ignore"):
+            v, dx, dy, dxx, dxy, dyy = (float(r) for r in _numpy_formulas()[code](np.float64(x), np.float64(y)))
     return v, dx, dy, dxx, dxy, dyy
+
+
+@functools.cache
+def _numpy_formulas():
+    names = ("exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tan", "sinh", "cosh", "tanh", "hypot", "fmod")
+    numpy_math = types.SimpleNamespace(**vars(math))
+    numpy_math.__dict__.update({name: getattr(np, name) for name in names})
+    numpy_math.__dict__.update(asin=np.arcsin, acos=np.arccos, atan=np.arctan, atan2=np.arctan2, pow=np.power)
+    numpy_math.copysign = np.copysign
+    return ops.formulas(numpy_math)
 
 
 class UnguardedConversionWarning(UserWarning):
@@ -126,7 +141,11 @@ def _binary(code, reflected=False, identity=None):
         if c is NotImplemented:
             if isinstance(other, (list, tuple)):
                 # As NumPy broadcasts a number against a list: v - [1, 2] is [v - 1, v - 2].
-                return np.frompyfunc(lambda o: method(self, o), 1, 1)(np.asarray(other, dtype=object))
+                items = np.asarray(other, dtype=object)
+                for o in items.flat:  # all checked before anything is recorded
+                    if not isinstance(o, Value) and _constant(o) is NotImplemented:
+                        raise TypeError(f"Values combine with real numbers and Values, got {type(o).__name__} {o!r}")
+                return np.frompyfunc(lambda o: method(self, o), 1, 1)(items)
             return NotImplemented
         if c == identity:
             return self

@@ -225,7 +225,9 @@ SPECS = {
         2, lambda M, s, u, v, c: M.floor_divide(u, 1.5 + s(M, v)) + v, ("floordiv",), const_ok=(True, False), kink=True
     ),
     # Its value replays but its derivative is zero: the two terms cancel in every reference.
-    "stop_gradient": Spec(2, lambda M, s, u, v, c: u + M.stop_gradient(v) - M.stop_gradient(v), ("stop_gradient",)),
+    "stop_gradient": Spec(
+        2, lambda M, s, u, v, c: u + M.stop_gradient(v) - M.stop_gradient(v), ("stop_gradient",), const_ok=(True, False)
+    ),
     "where_greater": Spec(
         2,
         lambda M, s, u, v, c: M.where(M.greater(u, v), u * s(M, v), c * s(M, u)),

@@ -95,9 +95,7 @@ NOT_REAL = [
     object(),
     Decimal("1.5"),
     Fraction(3, 2),
-    True,
-    np.bool_(True),
-]
+]  # bools are numbers to Value, as to torch.tensor: Value(True) is 1.0 (test_eager)
 
 
 @pytest.mark.parametrize("bad", NOT_REAL, ids=repr)
@@ -249,7 +247,7 @@ def test_backward_and_gradients_refuse_bad_arguments(tape):
 def test_grad_setter_refuses_non_numbers(tape):
     x = Value(2.0)
     (x * 3).backward()
-    for bad in ("a", None, 1j, [1.0]):
+    for bad in ("a", 1j, [1.0]):  # None resets it, as in PyTorch
         with pytest.raises((TypeError, ValueError)):
             x.grad = bad
     assert x.grad == 3.0
@@ -419,6 +417,16 @@ def test_per_point_parameters_of_the_wrong_length_are_refused():
     np.testing.assert_array_equal(G.grad_batch(np.ones((3, 2)), np.ones(3)), G.grad_batch(np.ones((3, 2)), 1.0))
 
 
+def _numbers_only(returns):
+    try:
+        with jitad.Tape():
+            out = returns(np.array([Value(1.0), Value(2.0)], dtype=object))
+    except TypeError:
+        return False
+    flat = out if isinstance(out, list) else [out]
+    return bool(flat) and all(isinstance(v, (Value, float)) or (isinstance(v, list) and v) for v in flat)
+
+
 @pytest.mark.parametrize(
     "returns, error",
     [
@@ -442,6 +450,8 @@ def test_a_traced_function_returning_no_values_is_refused(returns, error):
         warnings.simplefilter("ignore", jitad.UnguardedConversionWarning)
         with pytest.raises(error, match="Value|output"):
             jitad.trace(returns, [1.0, 2.0])
+        if _numbers_only(returns):
+            return  # the transforms take a constant function as JAX does: zero derivatives
         for transform in (jitad.grad, jitad.value_and_grad, jitad.jacobian, jitad.hessian):
             with pytest.raises(error):
                 transform(returns)([1.0, 2.0])
@@ -1193,41 +1203,38 @@ RECORDING_OPS = {
 }
 
 
-@pytest.mark.parametrize("name", list(RECORDING_OPS))
-def test_recording_past_the_entry_limit_raises_overflow_for_every_op(monkeypatch, name):
+def test_a_traced_tape_past_the_entry_limit_raises_overflow(monkeypatch):
+    # Programs (traced tapes, saved files) hold int32 operand positions; eager tapes number
+    # their entries with int64 and have no such limit.
     limit = 64
-    with jitad.Tape() as tape:
-        x = Value(0.5)
-        while len(tape) < limit - 1:
+    monkeypatch.setattr(jitad.tape, "MAX_ENTRIES", limit)
+
+    def f(x):
+        for _ in range(limit):
             x = x * 1.0001
-        _patch_max_entries(monkeypatch, limit)
-        last = x + 1.0  # entry limit - 1: the last one that fits
-        assert len(tape) == limit
-        with pytest.raises(OverflowError, match=str(limit)):
-            RECORDING_OPS[name](x)
-        assert len(tape) == limit  # nothing half-recorded
-        assert jitad.gradients(last, [x])[0] == 1.0  # and the tape is usable
+        return x[0]
+
+    with pytest.raises(OverflowError, match=str(limit)):
+        jitad.trace(f, np.array([0.5]))
     monkeypatch.undo()
     with jitad.Tape() as tape:
         assert_tape_usable(tape, 0)
 
 
-def test_entry_indices_never_wrap_past_int32(tape):
-    # With the real limit: pretend the tape already holds 2^31 - 1 entries.
-    x = Value(1.0)
+def test_eager_sequence_numbers_go_past_int32(tape):
+    # A long-running process records more than 2^31 entries over its life.
     rec = tape._rec
-    n = rec.n
-    rec.n = jitad.tape.MAX_ENTRIES
-    try:
-        for name, op in RECORDING_OPS.items():
-            with pytest.raises(OverflowError):
-                op(x)
-            assert rec.n == jitad.tape.MAX_ENTRIES, name
-    finally:
-        rec.n = n
-        del rec.buf[n * jitad.tape.ENTRY.itemsize :]  # whatever a failing op appended
-    assert jitad.tape.MAX_ENTRIES == 2**31 - 1
-    assert_tape_usable(tape, n)
+    x = Value(1.5)
+    rec.roll()
+    rec.n = 2**31 + 7
+    rec._open()
+    values = {name: op(x) for name, op in RECORDING_OPS.items() if name != "comparison"}
+    assert all(v._i > 2**31 for v in values.values() if isinstance(v, Value))
+    y = x * x + values["sin"]
+    assert y._i > 2**31
+    assert jitad.gradients(y, [x])[0] == pytest.approx(3.0 + math.cos(1.5), rel=1e-15)
+    y.backward()
+    assert x.grad == pytest.approx(3.0 + math.cos(1.5), rel=1e-15)
 
 
 class _Exhausted(bytearray):
@@ -1242,11 +1249,12 @@ def test_out_of_memory_while_recording_names_the_tape_size(tape, name):
     x = Value(0.5)
     y = x * 2.0
     n = len(tape)
-    tape._rec.buf = _Exhausted(tape._rec.buf)
+    chunk = tape._rec.chunk
+    chunk.buf = _Exhausted(chunk.buf)
     with pytest.raises(MemoryError, match=f"entry {n}|{n} entries"):
         RECORDING_OPS[name](y)
     assert len(tape) == n
-    tape._rec.buf = bytearray(tape._rec.buf)
+    chunk.buf = bytearray(chunk.buf)
     assert jitad.gradients(y, [x])[0] == 2.0
     assert_tape_usable(tape, n)
 
@@ -1272,6 +1280,13 @@ def test_out_of_memory_for_real_names_the_tape_size():
                 if line.startswith("VmSize:"):
                     return int(line.split()[1]) * 1024
 
+        # Load the kernels first: Numba's first use imports SciPy's BLAS (OpenBLAS reserves
+        # address space for its threads), which a tight limit would make hang.
+        with jitad.Tape():
+            w = Value(1.0)
+            for _ in range(3 * jitad.tape.CHUNK):
+                w = w * 1.0
+            w.backward()
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         result = {}
         with jitad.Tape() as tape:
