@@ -81,30 +81,8 @@ def forward(op, a, b, c, val, da, db, start, stop):
 
 
 @kernel
-def backward(a, b, da, db, adj, last):
-    """Reverse sweep from entry ``last`` down to 0: adj[operand] += partial * adj[i].
-
-    An exactly zero adjoint is skipped, so an infinite partial off the path to the output
-    cannot turn a finite gradient into NaN (0 * inf).
-    """
-    for i in range(last, -1, -1):
-        g = adj[i]
-        if g == 0.0:
-            continue
-        ia = a[i]
-        if ia >= 0:
-            adj[ia] += _product(da[i], g)
-        ib = b[i]
-        if ib >= 0:
-            adj[ib] += _product(db[i], g)
-
-
-# --- eager tapes: entries in chunks, operands as sequence numbers -------------------------
-
-
-@kernel
 def backward_from(a, b, da, db, adj, last, base):
-    """``backward`` over one chunk whose entries are numbered from ``base`` (operands are
+    """``backward`` over entries numbered from ``base`` (an eager chunk: its operands are
     sequence numbers, all in the chunk): adj[k] belongs to entry base + k."""
     for i in range(last, -1, -1):
         g = adj[i]
@@ -116,6 +94,19 @@ def backward_from(a, b, da, db, adj, last, base):
         ib = b[i]
         if ib >= 0:
             adj[ib - base] += _product(db[i], g)
+
+
+@kernel
+def backward(a, b, da, db, adj, last):
+    """Reverse sweep from entry ``last`` down to 0: adj[operand] += partial * adj[i].
+
+    An exactly zero adjoint is skipped, so an infinite partial off the path to the output
+    cannot turn a finite gradient into NaN (0 * inf).
+    """
+    backward_from(a, b, da, db, adj, last, 0)
+
+
+# --- eager tapes: entries in chunks, operands as sequence numbers -------------------------
 
 
 @inline
