@@ -3,22 +3,37 @@ and many SciPy optimizations at once, on whatever Dask runs (threads, processes,
 ``dask.distributed`` cluster). The tape travels to the workers as validated arrays, with
 the Python function when it can be pickled, so that a worker can re-record on a branch
 change; each chunk of points runs the TapeFunction's batched kernels there.
+
+Progress is Dask's own: ``compute(..., progress=True)`` (and ``minimize_many``) shows
+``dask.diagnostics.ProgressBar``, or ``distributed.progress`` on a cluster, once a
+computation has run for ``jitad.progress.DELAY_S`` seconds.
 """
 
+from __future__ import annotations
+
+import sys
 import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import dask
 import dask.array as da
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import io
-from .trace import _real_array
+from . import progress as _progress
+from .trace import TapeFunction, _real_array
 from .transforms import hessian, hvp, value_and_grad
 
-__all__ = ["batch", "grad_batch", "minimize_many", "value_and_grad_batch"]
+if TYPE_CHECKING:
+    from scipy.optimize import OptimizeResult
+
+__all__ = ["batch", "compute", "grad_batch", "minimize_many", "value_and_grad_batch"]
 
 
-def batch(F, X, *args):
+def batch(F: TapeFunction, X: ArrayLike | da.Array, *args: ArrayLike | da.Array) -> da.Array:
     """``F`` at each row of the (K, n) dask array ``X``: a lazy dask array of shape (K,),
     or (K, m) for a function with m outputs. Chunks of rows are evaluated in parallel.
 
@@ -28,13 +43,15 @@ def batch(F, X, *args):
     return _map(F, X, args, "batch", m)
 
 
-def grad_batch(F, X, *args):
+def grad_batch(F: TapeFunction, X: ArrayLike | da.Array, *args: ArrayLike | da.Array) -> da.Array:
     """∇F at each row of the (K, n) dask array ``X``: a lazy (K, n) dask array."""
     F._scalar_output("grad_batch")
     return _map(F, X, args, "grad_batch", F._n)
 
 
-def value_and_grad_batch(F, X, *args):
+def value_and_grad_batch(
+    F: TapeFunction, X: ArrayLike | da.Array, *args: ArrayLike | da.Array
+) -> tuple[da.Array, da.Array]:
     """``(values, grads)``: lazy dask arrays of shapes (K,) and (K, n). Both come from the
     same tasks: ``dask.compute(values, grads)`` evaluates each chunk once."""
     F._scalar_output("value_and_grad_batch")
@@ -42,18 +59,62 @@ def value_and_grad_batch(F, X, *args):
     return both[:, 0], both[:, 1:]
 
 
-def minimize_many(f, X0, *, method="L-BFGS-B", args=(), **kwargs):
+def minimize_many(
+    f: Callable[..., Any],
+    X0: ArrayLike | da.Array,
+    *,
+    method: str = "L-BFGS-B",
+    args: Sequence[Any] = (),
+    progress: bool | None = None,
+    **kwargs: Any,
+) -> list[OptimizeResult]:
     """``scipy.optimize.minimize`` from each row of ``X0`` (K, n), run as Dask tasks (on
     the default ``dask.distributed`` client when there is one); returns the K
     ``OptimizeResult``s in order. Each task traces ``f`` with ``jitad.value_and_grad`` and
     passes ``jac=True``; ``args`` are ``f``'s parameters. ``hessp=True`` (or ``hess=True``)
     uses ``jitad.hvp(f)`` (``jitad.hessian(f)``) on the worker; other ``kwargs`` go to
-    ``minimize`` as they are (they must pickle)."""
+    ``minimize`` as they are (they must pickle). ``progress`` as in ``compute``."""
     X0 = np.asarray(X0.compute() if isinstance(X0, da.Array) else X0, dtype=np.float64)
     if X0.ndim != 2:
         raise ValueError(f"X0 must hold one starting point per row, shape (K, n); got shape {X0.shape}")
     tasks = [dask.delayed(_minimize, pure=False)(f, x0, method, tuple(args), kwargs) for x0 in X0]
-    return list(dask.compute(*tasks))
+    return list(compute(*tasks, progress=progress))
+
+
+def compute(*collections: Any, progress: bool | None = None) -> tuple[Any, ...]:
+    """``dask.compute(*collections)``, with Dask's progress bar once the computation has run
+    ``jitad.progress.DELAY_S`` seconds (short ones print nothing): ``ProgressBar`` on stderr
+    with Dask's own schedulers, ``distributed.progress`` with a ``distributed`` client.
+    ``progress=None`` shows it when stderr is a terminal, as everywhere in jitad."""
+    if not _progress.wanted(progress):
+        return dask.compute(*collections)
+    client = _default_client()
+    if client is None:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(minimum=_progress.DELAY_S, out=sys.stderr):
+            return dask.compute(*collections)
+    from distributed import progress as show
+
+    futures = client.compute(list(collections))
+    deadline = time.monotonic() + _progress.DELAY_S
+    while time.monotonic() < deadline and not all(f.done() for f in futures):
+        time.sleep(0.05)
+    if not all(f.done() for f in futures):
+        show(futures, notebook=False)  # a text bar; returns when every future is done
+    return tuple(client.gather(futures))
+
+
+def _default_client() -> Any:
+    """The ``distributed`` client that ``dask.compute`` runs on, or None."""
+    try:
+        from distributed import default_client
+    except ImportError:
+        return None
+    try:
+        return default_client()
+    except ValueError:  # no client: Dask's own schedulers
+        return None
 
 
 def _minimize(f, x0, method, args, kwargs):
@@ -96,7 +157,7 @@ def _block(ship, method, X, *point_params):
     blocks = iter(point_params)
     args = [next(blocks) if p is None else p for p in ship.params]
     # TapeFunction serializes parallel launches itself where Numba's threading layer needs it.
-    result = getattr(F, method)(X, *args)
+    result = getattr(F, method)(X, *args, progress=False)  # a chunk is a small part: Dask shows progress
     if method == "value_and_grad_batch":
         values, grads = result
         return np.column_stack((values, grads))

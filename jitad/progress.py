@@ -3,8 +3,11 @@ a watcher thread that stays silent for the first seconds, then shows a tqdm bar 
 is installed, or a plain stderr line every few seconds otherwise.
 
 Watching from another thread keeps the hot loops free of hooks: recording only appends to
-the tape, and the watcher reads the tape's length.
+the tape, and the watcher reads the tape's length; a batch counts the points of the slices
+it has finished.
 """
+
+from __future__ import annotations
 
 import contextlib
 import sys
@@ -25,10 +28,15 @@ def wanted(progress: bool | None) -> bool:
 
 @contextlib.contextmanager
 def watch(
-    what: str, progress: bool | None = None, count: Callable[[], int] | None = None, unit: str = "entries"
+    what: str,
+    progress: bool | None = None,
+    count: Callable[[], int] | None = None,
+    unit: str = "entries",
+    total: int | None = None,
 ) -> Iterator[None]:
     """Show progress of the work done inside the ``with`` block once it has run ``DELAY_S``:
-    ``what`` names the work, ``count()`` (read from the watcher thread) how far it is."""
+    ``what`` names the work, ``count()`` (read from the watcher thread) how far it is, out
+    of ``total`` when that is known."""
     if not wanted(progress):
         yield
         return
@@ -36,7 +44,7 @@ def watch(
     start = time.perf_counter()
     if count is not None:
         count = _tolerant(count)
-    thread = threading.Thread(target=_report, args=(what, count, unit, start, done), daemon=True)
+    thread = threading.Thread(target=_report, args=(what, count, unit, total, start, done), daemon=True)
     thread.start()
     try:
         yield
@@ -45,12 +53,12 @@ def watch(
         thread.join()
 
 
-def _tolerant(count):
+def _tolerant(count: Callable[[], int]) -> Callable[[], int]:
     # count() reads state that the working thread is changing: a failed read shows the last
     # good number instead of ending the watcher.
     last = 0
 
-    def read():
+    def read() -> int:
         nonlocal last
         try:
             last = int(count())
@@ -61,7 +69,14 @@ def _tolerant(count):
     return read
 
 
-def _report(what, count, unit, start, done):
+def _report(
+    what: str,
+    count: Callable[[], int] | None,
+    unit: str,
+    total: int | None,
+    start: float,
+    done: threading.Event,
+) -> None:
     if done.wait(DELAY_S):
         return
     try:
@@ -69,7 +84,14 @@ def _report(what, count, unit, start, done):
     except ImportError:
         tqdm = None
     if tqdm is not None:
-        bar = tqdm(desc=f"jitad: {what}", unit=unit if count else "s", unit_scale=True, leave=True)
+        bar = tqdm(
+            desc=f"jitad: {what}",
+            total=total,
+            initial=count() if count else int(time.perf_counter() - start),  # rates from here on
+            unit=unit if count else "s",
+            unit_scale=True,
+            leave=True,
+        )
         while True:
             finished = done.wait(0.5)
             bar.n = count() if count else int(time.perf_counter() - start)
@@ -80,7 +102,8 @@ def _report(what, count, unit, start, done):
         return
     while True:
         finished = done.wait(PLAIN_INTERVAL_S)
-        so_far = f"{count():,} {unit}, " if count else ""
+        of = f" of {total:,}" if total is not None else ""
+        so_far = f"{count():,}{of} {unit}, " if count else ""
         state = "done in" if finished else "running for"
         print(f"jitad: {what}: {so_far}{state} {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         if finished:

@@ -12,6 +12,7 @@ from collections import OrderedDict
 
 import numba
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import compiler as _compiler
 from . import debug, kernels, ops
@@ -25,6 +26,10 @@ MAX_BRANCHES = 16  # programs kept per TapeFunction, one per branch signature (L
 # of float64. Lanes are cut so that a thread's scratch stays under this, or under one
 # replay's columns (32 bytes per entry, one lane) for tapes too long for two lanes.
 BATCH_SCRATCH_BYTES = 64 * 2**20
+# A batch of at least BATCH_PROGRESS_WORK entries x points may show progress (``progress=``):
+# it then runs in slices of about BATCH_SLICE_WORK entries x points, and a watcher counts them.
+BATCH_PROGRESS_WORK = 2**27
+BATCH_SLICE_WORK = 2**25
 
 
 class BranchChanged(RuntimeError):
@@ -469,21 +474,28 @@ class TapeFunction:
         return _sparse.hessian_sparsity(self.tape, _sparse.differentiated(self.tape, weights))
 
     # batches ------------------------------------------------------------------------------
-    def batch(self, X, *args, block=None):
+    def batch(
+        self, X: ArrayLike, *args: ArrayLike, block: int | None = None, progress: bool | None = None
+    ) -> NDArray[np.float64]:
         """f at each row of X (K, n): shape (K,), or (K, m) for m outputs. Parameters are
-        shared (traced shape) or per point (leading dimension K)."""
-        values, _ = self._batched(X, args, False, block)
+        shared (traced shape) or per point (leading dimension K). ``progress`` as in
+        ``trace``: a long batch shows how many points are done (never a short one)."""
+        values, _ = self._batched(X, args, False, block, progress)
         return values[:, 0] if self._scalar else values
 
-    def value_and_grad_batch(self, X, *args, block=None):
+    def value_and_grad_batch(
+        self, X: ArrayLike, *args: ArrayLike, block: int | None = None, progress: bool | None = None
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """(f, ∇f) at each row of X (K, n): shapes (K,) and (K, n)."""
         self._scalar_output("value_and_grad_batch")
-        values, grads = self._batched(X, args, True, block)
+        values, grads = self._batched(X, args, True, block, progress)
         return values[:, 0], grads
 
-    def grad_batch(self, X, *args, block=None):
+    def grad_batch(
+        self, X: ArrayLike, *args: ArrayLike, block: int | None = None, progress: bool | None = None
+    ) -> NDArray[np.float64]:
         """∇f at each row of X (K, n): shape (K, n)."""
-        return self.value_and_grad_batch(X, *args, block=block)[1]
+        return self.value_and_grad_batch(X, *args, block=block, progress=progress)[1]
 
     def _batch_params(self, args, K):
         """Parameters as a (1, p) array when shared, (K, p) when given per point."""
@@ -509,7 +521,7 @@ class TapeFunction:
         for k in range(X.shape[0]):
             self._run(X[k], _point_args(args, self._param_shapes, k) if per_point else args)
 
-    def _batched(self, X, args, want_grad, block):
+    def _batched(self, X, args, want_grad, block, progress=None):
         X = np.asarray(X, dtype=np.float64) if not isinstance(X, np.ndarray) else X
         if X.ndim != 2 or X.shape[1] != self._n or X.dtype.kind not in "biuf":
             raise ValueError(f"X must be a real array of shape (K, {self._n}), got {X.dtype} {X.shape}")
@@ -525,41 +537,58 @@ class TapeFunction:
         with self._lock:
             programs = list(reversed(self._programs.values()))
         first_failure = None
-        while pending.size:
-            if programs:
-                program = programs.pop(0)
-            else:
-                # No known branch fits the first pending point: record f there.
-                k = pending[0]
-                point_args = _point_args(args, self._param_shapes, k) if per_point else args
-                # The retrace checked that the new program replays at this point itself.
-                program, _ = self._retrace_at(X[k], point_args, *first_failure)
-            Xp = X[pending]
-            Pp = P[pending] if per_point else P
-            v = np.empty((pending.size, m))
-            g = np.empty((pending.size, self._n)) if want_grad else grads
-            failed = np.empty(pending.size, dtype=np.int64)
-            _check_batch_arrays(program, Xp, Pp, v, g, want_grad)
-            columns = (program.op, program.a, program.b, program.const, program.value, program.inputs, program.params)
-            size = _block_size(block, len(program), pending.size)
-            workers = _workers(len(program), pending.size, size)
-            scratch, lanes = _batch_scratch(workers, len(program), size)
-            if workers == 1:
-                kernels.batch_share(
-                    *columns, program.outputs, Xp, Pp, 0, 1, want_grad, v, g, failed, scratch[0], lanes[0]
-                )
-            else:
-                with _parallel_launch():
-                    kernels.batch(*columns, program.outputs, Xp, Pp, workers, want_grad, v, g, failed, scratch, lanes)
-            del scratch
-            ok = failed < 0
-            values[pending[ok]] = v[ok]
-            if want_grad:
-                grads[pending[ok]] = g[ok]
-            if not ok.all() and (first_failure is None or not programs):
-                # the guard to name if re-recording is refused: the last program tried
-                first_failure = (program, int(failed[~ok][0]))
-            pending = pending[~ok]
+        # A long batch runs in slices of points so that a watcher can count the finished
+        # ones; each point is computed alone in its lane, so slicing changes no bit.
+        sliced = _progress.wanted(progress) and K * len(programs[0]) >= BATCH_PROGRESS_WORK
+        finished = [0]
+        with _progress.watch(f"batch of {K:,} points", sliced, lambda: finished[0], "points", K):
+            while pending.size:
+                if programs:
+                    program = programs.pop(0)
+                else:
+                    # No known branch fits the first pending point: record f there.
+                    k = pending[0]
+                    point_args = _point_args(args, self._param_shapes, k) if per_point else args
+                    # The retrace checked that the new program replays at this point itself.
+                    program, _ = self._retrace_at(X[k], point_args, *first_failure)
+                Xp = X[pending]
+                Pp = P[pending] if per_point else P
+                v = np.empty((pending.size, m))
+                g = np.empty((pending.size, self._n)) if want_grad else grads
+                failed = np.empty(pending.size, dtype=np.int64)
+                _check_batch_arrays(program, Xp, Pp, v, g, want_grad)
+                columns = (program.op, program.a, program.b, program.const, program.value, program.inputs, program.params)
+                size = _block_size(block, len(program), pending.size)
+                workers = _workers(len(program), pending.size, size)
+                scratch, lanes = _batch_scratch(workers, len(program), size)
+                step = _slice_points(len(program), size * workers) if sliced else pending.size
+                for lo in range(0, pending.size, step):
+                    part = slice(lo, lo + step)
+                    Xs = Xp[part]
+                    Ps = Pp[part] if per_point else Pp
+                    gs = g[part] if want_grad else g
+                    if workers == 1:
+                        kernels.batch_share(
+                            *columns, program.outputs, Xs, Ps, 0, 1, want_grad, v[part], gs, failed[part], scratch[0],
+                            lanes[0],
+                        )  # fmt: skip
+                    else:
+                        with _parallel_launch():
+                            kernels.batch(
+                                *columns, program.outputs, Xs, Ps, workers, want_grad, v[part], gs, failed[part],
+                                scratch, lanes,
+                            )  # fmt: skip
+                    if sliced:
+                        finished[0] += int(np.count_nonzero(failed[part] < 0))
+                del scratch
+                ok = failed < 0
+                values[pending[ok]] = v[ok]
+                if want_grad:
+                    grads[pending[ok]] = g[ok]
+                if not ok.all() and (first_failure is None or not programs):
+                    # the guard to name if re-recording is refused: the last program tried
+                    first_failure = (program, int(failed[~ok][0]))
+                pending = pending[~ok]
         return values, grads
 
     def _second_order(self, x, args):
@@ -667,6 +696,14 @@ def _workers(n_entries, K, block):
     if K * n_entries < 2_000_000:
         return 1
     return max(1, min(numba.get_num_threads(), -(-K // block)))
+
+
+def _slice_points(n_entries, multiple):
+    """Points per slice of a batch that shows progress: about ``BATCH_SLICE_WORK`` entries
+    x points (a fraction of a second: the kernel calls between slices cost nothing
+    measurable), a whole number of rounds of blocks over the workers."""
+    rounds = max(4, BATCH_SLICE_WORK // (max(n_entries, 1) * multiple))
+    return int(rounds * multiple)
 
 
 def _block_size(block, n_entries, K):
