@@ -160,5 +160,8 @@ def kernel(fn=None, **overrides):
 
 
 def inline(fn):
-    """Compile a helper that kernels inline; never called from Python on a hot path."""
-    return numba.njit(inline="always", error_model="numpy", fastmath=False)(fn)
+    """Compile a helper that LLVM inlines into every kernel that calls it; never called
+    from Python on a hot path. LLVM's inlining (``forceinline``), not Numba's
+    (``inline="always"``, which types the helper again at every call site): the same
+    machine code, compiled several times faster."""
+    return numba.njit(forceinline=True, error_model="numpy", fastmath=False)(fn)

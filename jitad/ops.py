@@ -600,18 +600,26 @@ def logaddexp(x, y):
 HELPERS = ("_floor", "_floor_divide")
 
 
-def formulas(math_module=math, wrap=None, helpers=None):
-    """{opcode: formula} with every formula and helper re-bound to ``math_module`` and
-    passed through ``wrap`` (Numba's inlining for the kernels), so that recording and
-    replay run one source; ``helpers`` replaces helpers outright (Values' own floor when
-    the formulas run on Values, to record their derivatives)."""
-    namespace = {**globals(), "math": math_module}
+def namespace(math_module=math, wrap=None, helpers=None):
+    """The globals the formulas see, with ``math_module`` for ``math`` and every helper
+    re-bound to it and passed through ``wrap`` (Numba's compilation for the kernels);
+    ``helpers`` replaces helpers outright (Values' own floor when the formulas run on
+    Values, to record their derivatives)."""
+    names = {**globals(), "math": math_module}
     wrap = wrap or (lambda f: f)
     for name in HELPERS:
-        namespace[name] = wrap(types.FunctionType(globals()[name].__code__, namespace, name))
-    namespace.update(helpers or {})
+        names[name] = wrap(types.FunctionType(globals()[name].__code__, names, name))
+    names.update(helpers or {})
+    return names
+
+
+def formulas(math_module=math, wrap=None, helpers=None):
+    """{opcode: formula} re-bound to ``namespace(math_module, wrap, helpers)``, so that
+    recording and replay run one source."""
+    names = namespace(math_module, wrap, helpers)
+    wrap = wrap or (lambda f: f)
     return {
-        op.code: wrap(types.FunctionType(op.formula.__code__, namespace, op.formula.__name__))
+        op.code: wrap(types.FunctionType(op.formula.__code__, names, op.formula.__name__))
         for op in OPS
         if op.formula is not None
     }
