@@ -2,8 +2,12 @@
 entry and raises at the first entry that turns finite operands into NaN or inf; replay
 checks the same after each sweep. Off by default, so normal recording pays nothing."""
 
+from __future__ import annotations
+
 import math
 import sys
+from types import FrameType
+from typing import Literal
 
 import numpy as np
 
@@ -18,7 +22,7 @@ class debug_nans:
     (``with jitad.debug_nans():``) it restores the previous setting on exit. It applies to
     the active tape of the calling thread and to every tape created while it is on."""
 
-    def __init__(self, enable=True):
+    def __init__(self, enable: bool = True) -> None:
         global _enabled
         self._previous = _enabled
         _enabled = bool(enable)
@@ -26,21 +30,21 @@ class debug_nans:
 
         _state.rec.lines = {} if _enabled else None
 
-    def __enter__(self):
+    def __enter__(self) -> debug_nans:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         debug_nans(self._previous)
         return False
 
 
-def enabled():
+def enabled() -> bool:
     return _enabled
 
 
-def caller_site():
+def caller_site() -> str:
     """``file:line`` of the innermost frame outside jitad: the user's line that recorded."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__", "").startswith("jitad."):
         frame = frame.f_back
     return "unknown line" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"

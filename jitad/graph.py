@@ -4,14 +4,20 @@ Reads the tape backward from the output's entry (the tape is in topological orde
 it never recurses; past ``max_nodes`` entries the oldest ones collapse into one node.
 """
 
+from __future__ import annotations
+
 import shutil
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import ops
 from .tape import StaleValueError
 from .value import Value
+
+if TYPE_CHECKING:
+    import graphviz
 
 # Ops drawn as an infix symbol; the rest are drawn by name, as calls.
 _SOURCE_STYLE = {ops.LEAF: "#dbeafe", ops.PARAM: "#e5e7eb"}  # fill colours of leaves, params
@@ -23,7 +29,7 @@ _INSTALL = (
 )
 
 
-def to_dot(y, max_nodes=200, labels=None):
+def to_dot(y: Value, max_nodes: int = 200, labels: Mapping[str, Value] | None = None) -> str:
     """Graphviz DOT source of the graph that Value ``y`` depends on.
 
     Each entry is a record ``name | data | grad`` (``grad`` is the ``.grad`` accumulated
@@ -94,7 +100,9 @@ def to_dot(y, max_nodes=200, labels=None):
     return "\n".join(lines) + "\n"
 
 
-def draw(y, max_nodes=200, labels=None, format="svg"):
+def draw(
+    y: Value, max_nodes: int = 200, labels: Mapping[str, Value] | None = None, format: str = "svg"
+) -> graphviz.Source:
     """Render the graph of ``y`` (see ``to_dot``) as a ``graphviz.Source``; in Jupyter it
     shows as a picture. Needs the ``graphviz`` package and Graphviz's ``dot`` program."""
     try:

@@ -3,11 +3,17 @@ pickles and Dask. Every array is validated on the way in, before any kernel read
 the kernels do no bounds checks, so an unchecked operand index is a memory-safety hole.
 """
 
+from __future__ import annotations
+
 import json
 import numbers
+import os
 import pickle
+from collections.abc import Callable
+from typing import IO, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import ops
 from .trace import Program, TapeFunction
@@ -34,21 +40,22 @@ class InvalidTape(ValueError):
     """A saved or transmitted tape is malformed; it was refused before any replay."""
 
 
-def save(F, path):
+def save(F: TapeFunction, path: str | os.PathLike[str] | IO[bytes]) -> None:
     """Write ``F``'s current tape to ``path`` (a path or a binary file) as an ``.npz``
     archive of plain arrays: no pickle, so loading it cannot run code. The Python function
     is not saved: the loaded TapeFunction replays, but cannot re-record on a branch change.
     The file is written at ``path`` exactly (no ``.npz`` suffix is added)."""
     _check_path(path)
     arrays = to_arrays(F)
+    # NumPy's stubs fear a key named allow_pickle in **arrays (a keyword since NumPy 2.1).
     if hasattr(path, "write"):
-        np.savez(path, **arrays)
+        np.savez(path, **arrays)  # type: ignore[arg-type]
         return
     with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
 
 
-def load(path, max_entries=MAX_ENTRIES):
+def load(path: str | os.PathLike[str] | IO[bytes], max_entries: int = MAX_ENTRIES) -> TapeFunction:
     """Read a tape written by ``save`` and return a ``TapeFunction`` that replays it.
 
     Raises ``InvalidTape`` (a ``ValueError``) naming the problem when the file is not such
@@ -149,7 +156,7 @@ def _check_headers(headers, max_entries):
         raise InvalidTape(f"'meta' has {headers['meta'][0][0]} bytes, more than {meta_limit} for a tape of {n} entries")
 
 
-def to_arrays(F):
+def to_arrays(F: TapeFunction) -> dict[str, NDArray[Any]]:
     """``F``'s current tape as a dict of NumPy arrays (copies), the format of ``save``:
     the columns ``op a b const value``, the index arrays ``inputs params outputs guards``
     and ``meta``, UTF-8 JSON bytes holding the format version, parameter shapes, whether
@@ -171,7 +178,7 @@ def to_arrays(F):
     return arrays
 
 
-def from_arrays(arrays, _origin=_FROM_ARRAYS):
+def from_arrays(arrays: dict[str, NDArray[Any]], _origin: str = _FROM_ARRAYS) -> TapeFunction:
     """The ``TapeFunction`` for arrays made by ``to_arrays``, after validating every one:
     exact dtypes (nothing is converted), 1-D, equal lengths, opcodes in the op table,
     operands pointing only to earlier entries, inputs/parameters/outputs/guards in range
@@ -357,7 +364,7 @@ def _check_lines(lines, key, what, entries, n=None):
 # --- pickling with the Python function ---------------------------------------------------
 
 
-def function_payload(F):
+def function_payload(F: TapeFunction) -> tuple[bytes, None] | tuple[None, str]:
     """``(bytes, None)``: ``F``'s Python function pickled (by cloudpickle when installed,
     so lambdas and closures travel too), or ``(None, why)`` when it cannot be."""
     if F._f is None:
@@ -374,7 +381,7 @@ def function_payload(F):
         return None, f"its Python function could not be pickled ({type(e).__name__}: {e})"
 
 
-def restore(arrays, function=None, why=None):
+def restore(arrays: dict[str, NDArray[Any]], function: bytes | None = None, why: str | None = None) -> TapeFunction:
     """The unpickling side of ``reduce``: the validated tape, and the Python function
     unpickled from ``function`` when that works here (else branch changes raise
     ``BranchChanged`` explaining ``why``). Unpickling runs code: only for trusted bytes."""
@@ -387,6 +394,6 @@ def restore(arrays, function=None, why=None):
     return F
 
 
-def reduce(F):
+def reduce(F: TapeFunction) -> tuple[Callable[..., TapeFunction], tuple[Any, ...]]:
     """``F.__reduce__``: the tape's arrays and, when it can be pickled, the function."""
     return restore, (to_arrays(F), *function_payload(F))

@@ -6,12 +6,19 @@ pay off on tapes with repeated subexpressions or unused work; ``benchmarks/`` me
 break-even number of replays.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numba import types
 from numba.typed import Dict
 
 from . import ops
 from ._config import kernel
+
+if TYPE_CHECKING:
+    from .trace import Program
 
 _COMMUTATIVE = np.array([op.commutative for op in ops.OPS], dtype=np.bool_)
 
@@ -69,7 +76,7 @@ def _live(a, b, alias, variable, roots, live):
             live[b[i]] = True
 
 
-def optimize(program):
+def optimize(program: Program) -> Program:
     """A smaller Program computing the same outputs, guards and derivatives."""
     from .trace import Program
 

@@ -8,11 +8,14 @@ soon as nothing can reach it, so an eager training loop runs in constant space a
 backward sweep visits only the chunks its output depends on.
 """
 
+from __future__ import annotations
+
 import itertools
 import struct
 import sys
 import threading
 import weakref
+from typing import Literal
 
 import numpy as np
 
@@ -239,23 +242,23 @@ class Tape:
     before a reset raise ``StaleValueError`` instead of giving wrong numbers.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._rec = _Recorder(self)
-        self._outer = []
+        self._outer: list[Tape] = []
 
     # recording scope ------------------------------------------------------------------
-    def __enter__(self):
+    def __enter__(self) -> Tape:
         if self._rec.thread != threading.get_ident():
             raise RuntimeError("a Tape records in the thread that created it; create one per thread")
         self._outer.append(_state.tape)
         _activate(self)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         _activate(self._outer.pop())
         return False
 
-    def reset(self):
+    def reset(self) -> None:
         """Remove every entry. Values recorded so far become stale."""
         if self._rec.thread != threading.get_ident():
             raise RuntimeError("reset a tape in the thread that records on it")
@@ -265,13 +268,13 @@ class Tape:
         if _state.tape is self:
             _activate(self)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set the ``.grad`` of every Value on this tape to 0 (``backward`` accumulates)."""
         for c in self._rec.live():
             c.grad = None
 
     # reading ----------------------------------------------------------------------------
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._rec)
 
     def _column(self, field):
@@ -286,13 +289,14 @@ class Tape:
     db = property(lambda self: self._column("db"), doc="local partial w.r.t. operand b")
 
     @property
-    def names(self):
+    def names(self) -> list[str]:
+        """The op name of every entry."""
         return [ops.NAMES[k] for k in self._rec.entries()["op"]]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<jitad.Tape with {len(self)} entries>"
 
-    def table(self, limit=50):
+    def table(self, limit: int = 50) -> str:
         """The first ``limit`` entries as text, one line each."""
         entries = self._rec.entries()
         e = entries[:limit]
@@ -327,7 +331,7 @@ def _activate(tape):
     _state.rec = rec
 
 
-def active():
+def active() -> Tape:
     """This thread's active tape."""
     return _state.tape
 

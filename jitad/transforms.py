@@ -6,14 +6,74 @@ Arguments named by ``argnums`` are differentiated: they are flattened and concat
 the one input vector of the tape. Every other argument that is a number or a real array is
 a *parameter* (it may change between calls without re-recording and gets no derivative);
 anything else (a string, a callable, None) is static: part of the cache key, passed as is.
+
+Types: with the default ``argnums=0`` and no aux, the transforms' results are typed from the
+first argument (a float gives a float, an array an ``NDArray[np.float64]``); a tuple of
+argnums or ``has_aux=True`` gives results typed ``Any``.
 """
 
+from __future__ import annotations
+
 import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol, TypeAlias, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from .trace import TapeFunction, record
 from .value import Value, gradients
+
+Retrace: TypeAlias = Literal["auto", "raise"]
+# A point as the transforms take it: an array of reals, or a nested list of them.
+Point: TypeAlias = "NDArray[np.floating[Any]] | NDArray[np.integer[Any]] | Sequence[float] | Sequence[Sequence[float]]"
+Output: TypeAlias = "NDArray[np.float64] | float"  # f's value or a derivative of it: a float for a 0-d one
+Pullback: TypeAlias = "Callable[[ArrayLike], tuple[Output, ...]]"
+
+
+class Gradient(Protocol):
+    """``grad(f)``: ∇f at x, shaped like x (a float for a number x). Called on Values
+    (``grad(grad(f))``, or inside ``trace``), the gradient is recorded: Values."""
+
+    @overload
+    def __call__(self, x: float, /, *params: Any) -> float: ...
+    @overload
+    def __call__(self, x: Point, /, *params: Any) -> NDArray[np.float64]: ...
+    @overload
+    def __call__(self, x: Value, /, *params: Any) -> Value: ...
+    @overload
+    def __call__(self, x: NDArray[Any] | Sequence[Any], /, *params: Any) -> NDArray[Any]: ...
+
+
+class ValueAndGradient(Protocol):
+    """``value_and_grad(f)``: ``(f(x), ∇f(x))``."""
+
+    @overload
+    def __call__(self, x: float, /, *params: Any) -> tuple[float, float]: ...
+    @overload
+    def __call__(self, x: Point, /, *params: Any) -> tuple[float, NDArray[np.float64]]: ...
+    @overload
+    def __call__(self, x: Value, /, *params: Any) -> tuple[Value, Value]: ...
+    @overload
+    def __call__(self, x: NDArray[Any] | Sequence[Any], /, *params: Any) -> tuple[Any, NDArray[Any]]: ...
+
+
+class Hessian(Protocol):
+    """``hessian(f)``: the (n, n) Hessian at x (a float for a number x)."""
+
+    @overload
+    def __call__(self, x: float, /, *params: Any) -> float: ...
+    @overload
+    def __call__(self, x: Point, /, *params: Any) -> NDArray[np.float64]: ...
+
+
+class HessianVectorProduct(Protocol):
+    """``hvp(f)``: H(x) v, shaped like x (SciPy's ``hessp=``)."""
+
+    @overload
+    def __call__(self, x: float, v: float, /, *params: Any) -> float: ...
+    @overload
+    def __call__(self, x: Point, v: ArrayLike, /, *params: Any) -> NDArray[np.float64]: ...
 
 
 class _Structure:
@@ -232,6 +292,8 @@ class _Traced:
 
 
 class _Transform:
+    _name: str
+
     def __init__(self, f, argnums, has_aux, retrace, scalar):
         self._f = f
         self._argnums, self._tuple = _argnums(argnums)
@@ -326,7 +388,7 @@ class _ValueAndGrad(_Transform):
     def __init__(self, f, argnums=0, has_aux=False, retrace="auto"):
         super().__init__(f, argnums, has_aux, retrace, scalar=True)
 
-    def __call__(self, *args):
+    def __call__(self, *args: Any) -> Any:
         if _holds_values(args):
             out, g, aux = _recorded_value_and_grad(self, args)
             return ((out, aux), g) if self._has_aux else (out, g)
@@ -344,7 +406,7 @@ class _Grad(_Transform):
     def __init__(self, f, argnums=0, has_aux=False, retrace="auto"):
         super().__init__(f, argnums, has_aux, retrace, scalar=True)
 
-    def __call__(self, *args):
+    def __call__(self, *args: Any) -> Any:
         if _holds_values(args):
             _, g, aux = _recorded_value_and_grad(self, args)
             return (g, aux) if self._has_aux else g
@@ -360,7 +422,7 @@ class _Jacobian(_Transform):
     def __init__(self, f, argnums=0, has_aux=False, retrace="auto"):
         super().__init__(f, argnums, has_aux, retrace, scalar=False)
 
-    def __call__(self, *args):
+    def __call__(self, *args: Any) -> Any:
         s, t = self._prepare(args)
         jac = np.asarray(t.F.jacobian(s.x, *s.params)).reshape(-1, s.x.size)[: t.m]
         return self._with_aux(self._result(s.split(jac, t.out_shape)), t, s)
@@ -372,7 +434,7 @@ class _Hessian(_Transform):
     def __init__(self, f, argnums=0, has_aux=False, retrace="auto"):
         super().__init__(f, argnums, has_aux, retrace, scalar=True)
 
-    def __call__(self, *args):
+    def __call__(self, *args: Any) -> Any:
         s, t = self._prepare(args)
         h = t.hessian(s.x, s.params)
         # block (i, j) of a tuple of argnums: shape argument_i.shape + argument_j.shape
@@ -388,7 +450,7 @@ class _Hvp(_Transform):
     def __init__(self, f, argnums=0, has_aux=False, retrace="auto"):
         super().__init__(f, argnums, has_aux, retrace, scalar=True)
 
-    def __call__(self, x, v, *args):
+    def __call__(self, x: Any, v: Any, *args: Any) -> Any:
         # SciPy's hessp(x, p, *args): v is a second argument shaped like the differentiated
         # ones (a tuple of them for a tuple of argnums), placed after x.
         s, t = self._prepare((x, *args))
@@ -399,7 +461,17 @@ class _Hvp(_Transform):
         return self._with_aux(self._result(s.split(t.hvp(s.x, flat, s.params))), t, s)
 
 
-def grad(f, argnums=0, has_aux=False, retrace="auto"):
+@overload
+def grad(
+    f: Callable[..., Any], argnums: int = 0, has_aux: Literal[False] = False, retrace: Retrace = "auto"
+) -> Gradient: ...
+@overload
+def grad(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False, retrace: Retrace = "auto"
+) -> Callable[..., Any]: ...
+def grad(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False, retrace: Retrace = "auto"
+) -> Callable[..., Any]:
     """``grad(f)(x, *params)`` is ∇f(x), an array shaped like x, a float for a scalar x
     (SciPy's ``jac=``).
 
@@ -414,29 +486,79 @@ def grad(f, argnums=0, has_aux=False, retrace="auto"):
     return _Grad(f, argnums, has_aux, retrace)
 
 
-def value_and_grad(f, argnums=0, has_aux=False, retrace="auto"):
+@overload
+def value_and_grad(
+    f: Callable[..., Any], argnums: int = 0, has_aux: Literal[False] = False, retrace: Retrace = "auto"
+) -> ValueAndGradient: ...
+@overload
+def value_and_grad(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False, retrace: Retrace = "auto"
+) -> Callable[..., Any]: ...
+def value_and_grad(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False, retrace: Retrace = "auto"
+) -> Callable[..., Any]:
     """``value_and_grad(f)(x, *params)`` is ``(f(x), ∇f(x))`` (SciPy's ``jac=True``); with
     ``has_aux=True``, ``((f(x), aux), ∇f(x))`` as in JAX."""
     return _ValueAndGrad(f, argnums, has_aux, retrace)
 
 
-def jacobian(f, argnums=0, has_aux=False, retrace="auto"):
+@overload
+def jacobian(
+    f: Callable[..., Any], argnums: int = 0, has_aux: Literal[False] = False, retrace: Retrace = "auto"
+) -> Callable[..., NDArray[np.float64] | float]: ...
+@overload
+def jacobian(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False, retrace: Retrace = "auto"
+) -> Callable[..., Any]: ...
+def jacobian(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False, retrace: Retrace = "auto"
+) -> Callable[..., Any]:
     """``jacobian(f)(x, *params)`` has shape ``f(x).shape + x.shape`` (JAX's jacrev)."""
     return _Jacobian(f, argnums, has_aux, retrace)
 
 
-def hessian(f, argnums=0, has_aux=False, retrace="auto"):
+@overload
+def hessian(
+    f: Callable[..., Any], argnums: int = 0, has_aux: Literal[False] = False, retrace: Retrace = "auto"
+) -> Hessian: ...
+@overload
+def hessian(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False, retrace: Retrace = "auto"
+) -> Callable[..., Any]: ...
+def hessian(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False, retrace: Retrace = "auto"
+) -> Callable[..., Any]:
     """``hessian(f)(x, *params)`` has shape ``x.shape + x.shape`` (SciPy's ``hess=``); for a
     tuple of argnums, a tuple of tuples of blocks as in JAX."""
     return _Hessian(f, argnums, has_aux, retrace)
 
 
-def hvp(f, argnums=0, has_aux=False, retrace="auto"):
+@overload
+def hvp(
+    f: Callable[..., Any], argnums: int = 0, has_aux: Literal[False] = False, retrace: Retrace = "auto"
+) -> HessianVectorProduct: ...
+@overload
+def hvp(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False, retrace: Retrace = "auto"
+) -> Callable[..., Any]: ...
+def hvp(
+    f: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False, retrace: Retrace = "auto"
+) -> Callable[..., Any]:
     """``hvp(f)(x, v, *params)`` is H(x) v, exact (SciPy's ``hessp=``)."""
     return _Hvp(f, argnums, has_aux, retrace)
 
 
-def jvp(f, primals, tangents, has_aux=False):
+@overload
+def jvp(
+    f: Callable[..., Any], primals: Sequence[ArrayLike], tangents: Sequence[ArrayLike], has_aux: Literal[False] = False
+) -> tuple[Output, Output]: ...
+@overload
+def jvp(
+    f: Callable[..., Any], primals: Sequence[ArrayLike], tangents: Sequence[ArrayLike], has_aux: Literal[True]
+) -> tuple[Output, Output, Any]: ...
+def jvp(
+    f: Callable[..., Any], primals: Sequence[ArrayLike], tangents: Sequence[ArrayLike], has_aux: bool = False
+) -> tuple[Output, Output] | tuple[Output, Output, Any]:
     """``(f(*primals), J tangents)``: forward mode, one replay and one tangent sweep.
 
     Every primal is differentiated (as in JAX); tangents have the primals' shapes.
@@ -458,7 +580,13 @@ def jvp(f, primals, tangents, has_aux=False):
     return (*result, t.aux_at(values)) if has_aux else result
 
 
-def vjp(f, *primals, has_aux=False):
+@overload
+def vjp(f: Callable[..., Any], *primals: ArrayLike, has_aux: Literal[False] = False) -> tuple[Output, Pullback]: ...
+@overload
+def vjp(f: Callable[..., Any], *primals: ArrayLike, has_aux: Literal[True]) -> tuple[Output, Pullback, Any]: ...
+def vjp(
+    f: Callable[..., Any], *primals: ArrayLike, has_aux: bool = False
+) -> tuple[Output, Pullback] | tuple[Output, Pullback, Any]:
     """``(f(*primals), pullback)``: ``pullback(u)`` is the tuple of ``u^T J`` for each primal
     (one reverse sweep seeded with u on the outputs), u shaped like f's output.
 
@@ -468,7 +596,7 @@ def vjp(f, *primals, has_aux=False):
     s, t = _Jacobian(f, tuple(range(len(primals))), has_aux, "auto")._prepare(primals)
     values = t.values(s.x, s.params)
 
-    def pullback(u):
+    def pullback(u: ArrayLike) -> tuple[Output, ...]:
         if np.shape(u) != t.out_shape:
             raise ValueError(f"the cotangent has shape {np.shape(u)}; f's output has shape {t.out_shape}")
         seed = np.zeros(t.m + t.n_aux)

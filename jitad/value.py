@@ -5,17 +5,28 @@ Python raises instead of giving IEEE ``inf``/``nan`` (``math.log(0)``, ``1 / 0``
 same formula runs again on NumPy scalars, which give the IEEE result.
 """
 
+from __future__ import annotations
+
 import functools
 import inspect
 import math
 import threading
 import types
 import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, TypeAlias, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import debug, kernels, ops
-from .tape import ENTRY, PACK, SPLIT, StaleValueError, _state, set_leaf
+from .tape import ENTRY, PACK, SPLIT, StaleValueError, Tape, _state, set_leaf
+
+if TYPE_CHECKING:
+    from .tape import _Chunk, _Recorder
+
+# The numbers a Value combines with (bools count as ints, NumPy's float64 is a float).
+Real: TypeAlias = "float | np.integer[Any] | np.floating[Any]"
 
 def _ieee(code, x, y):
     """Op ``code`` on (x, y) with IEEE results (inf, nan) where Python's math raises: the
@@ -68,7 +79,7 @@ def _record(t, code, x, y, a, b, c, formula=None):
     return out
 
 
-def _real(x, what):
+def _real(x: object, what: str) -> float:
     """x as a float, for numbers only: no strings, bools, complex numbers or Values."""
     if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
         if isinstance(x, (complex, np.complexfloating)):
@@ -77,7 +88,7 @@ def _real(x, what):
     return float(x)
 
 
-def _leaf_value(data):
+def _leaf_value(data: object) -> float:
     """The float a leaf holds: real numbers, bools and 0-d arrays of them (not Values)."""
     if isinstance(data, Value):
         raise TypeError("Value(v) of a Value: use v itself, or v.detach() for a copy without derivative")
@@ -122,8 +133,11 @@ def _foreign(t, *values):
 _thread = threading.get_ident
 
 
-def _binary(code, reflected=False, identity=None):
-    """The method ``self <op> other`` (``other <op> self`` when reflected)."""
+def _binary(
+    code: int, reflected: bool = False, identity: float | None = None
+) -> Callable[[Value, Value | Real], Value]:
+    """The method ``self <op> other`` (``other <op> self`` when reflected). (With a list or
+    tuple ``other`` it broadcasts to an object array, as NumPy would; not in its type.)"""
 
     formula = ops.OPS[code].formula
 
@@ -156,7 +170,7 @@ def _binary(code, reflected=False, identity=None):
     return method
 
 
-def _unary(code):
+def _unary(code: int) -> Callable[[Value], Value]:
     formula = ops.OPS[code].formula
 
     def method(self):
@@ -181,8 +195,36 @@ class Value:
     """
 
     __slots__ = ("_data", "_i", "_t", "_k", "__weakref__")
+    _data: float  # the value
+    _i: int  # sequence number of its entry
+    _t: _Recorder  # the storage of its tape
+    _k: _Chunk  # the chunk holding its entry
 
-    def __init__(self, data):
+    if TYPE_CHECKING:
+        # Installed after the class body, from the op table (see there).
+        def __lt__(self, other: Value | Real) -> bool: ...
+        def __le__(self, other: Value | Real) -> bool: ...
+        def __gt__(self, other: Value | Real) -> bool: ...
+        def __ge__(self, other: Value | Real) -> bool: ...
+        def __eq__(self, other: object) -> bool: ...
+        def __ne__(self, other: object) -> bool: ...
+        def sum(self, axis: None = None, dtype: Any = None, out: None = None, keepdims: bool = False,
+                initial: Value | Real | None = None, where: Literal[True] = True) -> Value: ...
+        def prod(self, axis: None = None, dtype: Any = None, out: None = None, keepdims: bool = False,
+                 initial: Value | Real | None = None, where: Literal[True] = True) -> Value: ...
+        def max(self, axis: None = None, dtype: Any = None, out: None = None, keepdims: bool = False,
+                initial: Value | Real | None = None, where: Literal[True] = True) -> Value: ...
+        def min(self, axis: None = None, dtype: Any = None, out: None = None, keepdims: bool = False,
+                initial: Value | Real | None = None, where: Literal[True] = True) -> Value: ...
+        def mean(self, axis: None = None, dtype: Any = None, out: None = None, keepdims: bool = False,
+                 where: Literal[True] = True) -> Value: ...
+        def clip(self, min: Value | Real | None = None, max: Value | Real | None = None) -> Value: ...
+        def conjugate(self) -> Value: ...
+        def sign(self) -> Value: ...
+        def erf(self) -> Value: ...
+        def erfc(self) -> Value: ...
+
+    def __init__(self, data: Real | np.bool_ | NDArray[Any]) -> None:
         if type(data) is not float:
             data = _leaf_value(data)
         t = _state.rec
@@ -204,7 +246,7 @@ class Value:
 
     # reading ------------------------------------------------------------------------------
     @property
-    def data(self):
+    def data(self) -> float:
         """The value. Settable on a leaf (``p.data -= lr * p.grad``); a computed Value's
         value is a function of its inputs, so setting it raises."""
         if self._t.tracing:
@@ -212,7 +254,7 @@ class Value:
         return self._data
 
     @data.setter
-    def data(self, value):
+    def data(self, value: Real | np.bool_ | NDArray[Any]) -> None:
         t = self._t
         if not t.alive:
             raise StaleValueError(f"{self!r} is from a tape that was reset; its entries are gone")
@@ -226,14 +268,14 @@ class Value:
             )
         self._data = value
 
-    def item(self):
+    def item(self) -> float:
         """The value as a Python float (no derivative flows through it)."""
         if self._t.tracing:
             _warn_unguarded("v.item()")
         return self._data
 
     @property
-    def grad(self):
+    def grad(self) -> float:
         """d(output)/d(self) accumulated by ``backward()`` calls; reset with ``v.grad = 0``
         (or ``None``)."""
         t = self._t
@@ -242,7 +284,7 @@ class Value:
         return _grad_of(self)
 
     @grad.setter
-    def grad(self, value):
+    def grad(self, value: Real | None) -> None:
         t = self._t
         if not t.alive:
             raise StaleValueError(f"{self!r} is from a tape that was reset")
@@ -251,18 +293,19 @@ class Value:
         _grads(self._k, j + 1)[j] = value
 
     @property
-    def tape(self):
+    def tape(self) -> Tape:
+        """The tape this Value is recorded on."""
         return self._t.tape
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if not self._t.alive:
             return f"Value(data={self._data}, grad=<tape reset>)"
         return f"Value(data={self._data}, grad={_grad_of(self)})"
 
-    def __format__(self, spec):
+    def __format__(self, spec: str) -> str:
         return format(self._data, spec) if spec else repr(self)
 
-    def __float__(self):
+    def __float__(self) -> NoReturn:
         # Python calls this for float(v), math.sin(v) and NumPy's cast into a float array
         # alike: each would drop the derivative without a trace, so none is allowed.
         raise TypeError(
@@ -271,24 +314,24 @@ class Value:
             "for functions, and object arrays (dtype=object) for arrays of Values"
         )
 
-    def __int__(self):
+    def __int__(self) -> int:
         if self._t.tracing:
             _warn_unguarded("int(v)")
         return int(self._data)
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         if self._t.tracing:
             _warn_unguarded("bool(v)")
         return self._data != 0.0
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return id(self)
 
     # copies: a Value names an entry; copying never drags its tape along -------------------
-    def __copy__(self):
+    def __copy__(self) -> Value:
         return self  # the same entry (like copying a reference to it)
 
-    def __deepcopy__(self, memo):
+    def __deepcopy__(self, memo: dict[int, Any]) -> Value:
         # A new leaf with the same value and gradient: deep copies of a model are independent.
         out = Value(self._data)
         g = _grad_of(self) if self._t.alive else 0.0
@@ -296,11 +339,11 @@ class Value:
             out.grad = g
         return out
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[Value], tuple[float]]:
         return Value, (self._data,)  # unpickles as a new leaf holding the value
 
     # differentiation ----------------------------------------------------------------------
-    def backward(self, gradient=1.0, retain_graph=None):
+    def backward(self, gradient: Real = 1.0, retain_graph: bool | None = None) -> None:
         """Accumulate d(self)/d(w) * gradient into ``w.grad`` for every Value w recorded
         before self (PyTorch semantics: repeated calls add up; zero with ``tape.zero_grad()``
         or ``w.grad = 0``). The graph lives as long as a Value refers to it, so a second
@@ -311,7 +354,7 @@ class Value:
             part = adj[start : start + len(c)]
             _grads(c, part.shape[0])[: part.shape[0]] += part
 
-    def detach(self):
+    def detach(self) -> Value:
         """This value without derivative: ``jitad.stop_gradient(self)``."""
         return stop_gradient(self)
 
@@ -328,13 +371,13 @@ class Value:
     _powc = _binary(_C["powc"], identity=1.0)
     __rpow__ = _binary(_C["pow"], reflected=True)
 
-    def __pow__(self, other):
+    def __pow__(self, other: Value | Real) -> Value:
         return self._pow(other) if type(other) is Value else self._powc(other)
 
     __neg__ = _unary(_C["neg"])
     __abs__ = _unary(_C["abs"])
 
-    def __pos__(self):
+    def __pos__(self) -> Value:
         return self
 
     relu = _unary(_C["relu"])
@@ -369,20 +412,20 @@ class Value:
     trunc = __trunc__
     rint = _unary(_C["rint"])
 
-    def __divmod__(self, other):
+    def __divmod__(self, other: Value | Real) -> tuple[Value, Value]:
         return self // other, self % other
 
-    def __rdivmod__(self, other):
+    def __rdivmod__(self, other: Value | Real) -> tuple[Value, Value]:
         return other // self, other % self
 
-    def __round__(self, ndigits=None):
+    def __round__(self, ndigits: int | None = None) -> Value:
         # A Value, as torch.round: half to even; with ndigits, rint(v * 10**n) / 10**n.
         if not ndigits:
             return self.rint()
         scale = 10.0**ndigits
         return (self * scale).rint() / scale
 
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         fn = _UFUNCS.get(ufunc.__name__)
         if method != "__call__" or fn is None or kwargs:
             return NotImplemented
@@ -394,7 +437,7 @@ class Value:
         return fn(*(v.item() if isinstance(v, (np.ndarray, np.generic)) else v for v in inputs))
 
 
-def _comparison(code, swap):
+def _comparison(code: int, swap: bool) -> Callable[[Value, Any], bool]:
     record = _binary(code, reflected=swap)
 
     def method(self, other):
@@ -528,7 +571,21 @@ def _refuse_stale_leaves(y, chunks, e, starts, last):
         )
 
 
-def gradients(y, wrt, create_graph=False):
+@overload
+def gradients(
+    y: Value, wrt: Value | Sequence[Value] | NDArray[np.object_], create_graph: Literal[False] = False
+) -> NDArray[np.float64]: ...
+@overload
+def gradients(
+    y: Value, wrt: Value | Sequence[Value] | NDArray[np.object_], create_graph: Literal[True]
+) -> NDArray[np.object_]: ...
+@overload
+def gradients(
+    y: Value, wrt: Value | Sequence[Value] | NDArray[np.object_], create_graph: bool = False
+) -> NDArray[np.float64] | NDArray[np.object_]: ...
+def gradients(
+    y: Value, wrt: Value | Sequence[Value] | NDArray[np.object_], create_graph: bool = False
+) -> NDArray[np.float64] | NDArray[np.object_]:
     """d y / d w for every Value w in ``wrt`` (leaves or intermediate nodes), as an ndarray.
 
     ``.grad`` is not touched. ``wrt`` may be one Value (returns a 0-d array), a sequence
@@ -638,7 +695,34 @@ def _recorded_gradients(y, wrt):
 # --- module functions: Values or plain numbers alike ------------------------------------
 
 
-def _function(code, doc):
+class UnaryFunction(Protocol):
+    """The type of ``jitad.exp`` and the other one-argument functions: a Value gives a
+    recorded Value, a number a float, an array an object array of either."""
+
+    @overload
+    def __call__(self, x: Value, /) -> Value: ...
+    @overload
+    def __call__(self, x: Real, /) -> float: ...
+    @overload
+    def __call__(self, x: NDArray[Any], /) -> NDArray[np.object_]: ...
+
+
+class BinaryFunction(Protocol):
+    """The type of ``jitad.atan2``, ``maximum`` and the other two-argument functions."""
+
+    @overload
+    def __call__(self, x: Value, y: Value | Real, /) -> Value: ...
+    @overload
+    def __call__(self, x: Real, y: Value, /) -> Value: ...
+    @overload
+    def __call__(self, x: Real, y: Real, /) -> float: ...
+    @overload
+    def __call__(self, x: NDArray[Any], y: ArrayLike | Value, /) -> NDArray[np.object_]: ...
+    @overload
+    def __call__(self, x: ArrayLike | Value, y: NDArray[Any], /) -> NDArray[np.object_]: ...
+
+
+def _function(code: int, doc: str | None) -> Any:
     arity = ops.OPS[code].arity
     method = _unary(code) if arity == 1 else _binary(code)
     rmethod = None if arity == 1 else _binary(code, reflected=True)
@@ -673,7 +757,8 @@ def _function(code, doc):
     names = ("x", "y")[:arity]
     if doc and doc.startswith(f"{name}(") and doc.count(",", 0, doc.find(")")) == arity - 1:
         names = tuple(n.strip() for n in doc[len(name) + 1 : doc.find(")")].split(","))
-    apply.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_ONLY) for n in names])
+    parameters = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_ONLY) for n in names]
+    apply.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     return apply
 
 
@@ -684,58 +769,68 @@ def _ieee_python(code, x, y):
         return float(_ieee(code, x, y)[0])
 
 
-exp = _function(_C["exp"], "e ** x")
-log = _function(_C["log"], "natural logarithm; log(0) = -inf, log(x < 0) = nan")
-log1p = _function(_C["log1p"], "log(1 + x), accurate near 0")
-expm1 = _function(_C["expm1"], "e ** x - 1, accurate near 0")
-sqrt = _function(_C["sqrt"], "square root; sqrt'(0) = inf, sqrt(x < 0) = nan")
-sin = _function(_C["sin"], "sine")
-cos = _function(_C["cos"], "cosine")
-tan = _function(_C["tan"], "tangent")
-asin = _function(_C["asin"], "arc sine; nan outside [-1, 1]")
-acos = _function(_C["acos"], "arc cosine; nan outside [-1, 1]")
-atan = _function(_C["atan"], "arc tangent")
-atan2 = _function(_C["atan2"], "atan2(y, x): angle of the point (x, y), as math.atan2")
-sinh = _function(_C["sinh"], "hyperbolic sine")
-cosh = _function(_C["cosh"], "hyperbolic cosine")
-tanh = _function(_C["tanh"], "hyperbolic tangent")
-sigmoid = _function(_C["sigmoid"], "1 / (1 + e ** -x), without overflow")
-softplus = _function(_C["softplus"], "log(1 + e ** x), without overflow")
-relu = _function(_C["relu"], "max(x, 0), branch-free; relu'(0) = 0")
-abs = _function(_C["abs"], "|x|, branch-free; abs'(0) = 0")
-maximum = _function(_C["maximum"], "elementwise max, branch-free; a tie splits the gradient")
-minimum = _function(_C["minimum"], "elementwise min, branch-free; a tie splits the gradient")
-hypot = _function(_C["hypot"], "sqrt(x**2 + y**2) without overflow")
-floor = _function(_C["floor"], "largest integer <= x, as a float; recorded, zero derivative")
-ceil = _function(_C["ceil"], "smallest integer >= x, as a float; recorded, zero derivative")
-trunc = _function(_C["trunc"], "x rounded toward zero, as a float; recorded, zero derivative")
-rint = _function(_C["rint"], "x rounded to the nearest integer, half to even; recorded, zero derivative")
-mod = _function(_C["mod"], "x % y with the sign of y (Python's %, np.mod); d/dx = 1, d/dy = -(x // y)")
-floor_divide = _function(_C["floordiv"], "x // y (Python's //); recorded, zero derivative")
+exp: UnaryFunction = _function(_C["exp"], "e ** x")
+log: UnaryFunction = _function(_C["log"], "natural logarithm; log(0) = -inf, log(x < 0) = nan")
+log1p: UnaryFunction = _function(_C["log1p"], "log(1 + x), accurate near 0")
+expm1: UnaryFunction = _function(_C["expm1"], "e ** x - 1, accurate near 0")
+sqrt: UnaryFunction = _function(_C["sqrt"], "square root; sqrt'(0) = inf, sqrt(x < 0) = nan")
+sin: UnaryFunction = _function(_C["sin"], "sine")
+cos: UnaryFunction = _function(_C["cos"], "cosine")
+tan: UnaryFunction = _function(_C["tan"], "tangent")
+asin: UnaryFunction = _function(_C["asin"], "arc sine; nan outside [-1, 1]")
+acos: UnaryFunction = _function(_C["acos"], "arc cosine; nan outside [-1, 1]")
+atan: UnaryFunction = _function(_C["atan"], "arc tangent")
+atan2: BinaryFunction = _function(_C["atan2"], "atan2(y, x): angle of the point (x, y), as math.atan2")
+sinh: UnaryFunction = _function(_C["sinh"], "hyperbolic sine")
+cosh: UnaryFunction = _function(_C["cosh"], "hyperbolic cosine")
+tanh: UnaryFunction = _function(_C["tanh"], "hyperbolic tangent")
+sigmoid: UnaryFunction = _function(_C["sigmoid"], "1 / (1 + e ** -x), without overflow")
+softplus: UnaryFunction = _function(_C["softplus"], "log(1 + e ** x), without overflow")
+relu: UnaryFunction = _function(_C["relu"], "max(x, 0), branch-free; relu'(0) = 0")
+abs: UnaryFunction = _function(_C["abs"], "|x|, branch-free; abs'(0) = 0")
+maximum: BinaryFunction = _function(_C["maximum"], "elementwise max, branch-free; a tie splits the gradient")
+minimum: BinaryFunction = _function(_C["minimum"], "elementwise min, branch-free; a tie splits the gradient")
+hypot: BinaryFunction = _function(_C["hypot"], "sqrt(x**2 + y**2) without overflow")
+floor: UnaryFunction = _function(_C["floor"], "largest integer <= x, as a float; recorded, zero derivative")
+ceil: UnaryFunction = _function(_C["ceil"], "smallest integer >= x, as a float; recorded, zero derivative")
+trunc: UnaryFunction = _function(_C["trunc"], "x rounded toward zero, as a float; recorded, zero derivative")
+rint: UnaryFunction = _function(_C["rint"], "x rounded to the nearest integer, half to even; recorded, zero derivative")
+mod: BinaryFunction = _function(_C["mod"], "x % y with the sign of y (Python's %, np.mod); d/dx = 1, d/dy = -(x // y)")
+floor_divide: BinaryFunction = _function(_C["floordiv"], "x // y (Python's //); recorded, zero derivative")
 stop_gradient = _function(
     _C["stop_gradient"], "x with zero derivative; recorded, so a replay recomputes its value at new inputs"
 )
-less = _function(_C["lt"], "x < y as a recorded 1.0/0.0 Value: a branch-free condition for where()")
-less_equal = _function(_C["le"], "x <= y as a recorded 1.0/0.0 Value, branch-free")
-equal = _function(_C["eq"], "x == y as a recorded 1.0/0.0 Value, branch-free")
-not_equal = _function(_C["ne"], "x != y as a recorded 1.0/0.0 Value, branch-free")
+less: BinaryFunction = _function(_C["lt"], "x < y as a recorded 1.0/0.0 Value: a branch-free condition for where()")
+less_equal: BinaryFunction = _function(_C["le"], "x <= y as a recorded 1.0/0.0 Value, branch-free")
+equal: BinaryFunction = _function(_C["eq"], "x == y as a recorded 1.0/0.0 Value, branch-free")
+not_equal: BinaryFunction = _function(_C["ne"], "x != y as a recorded 1.0/0.0 Value, branch-free")
 
 
-def greater(x, y):
-    """x > y as a recorded 1.0/0.0 Value: a branch-free condition for where()."""
-    return less(y, x)
+if TYPE_CHECKING:  # as less and less_equal (mypy cannot give a def a protocol type)
+    greater: BinaryFunction
+    greater_equal: BinaryFunction
+else:
 
+    def greater(x, y):
+        """x > y as a recorded 1.0/0.0 Value: a branch-free condition for where()."""
+        return less(y, x)
 
-def greater_equal(x, y):
-    """x >= y as a recorded 1.0/0.0 Value, branch-free."""
-    return less_equal(y, x)
+    def greater_equal(x, y):
+        """x >= y as a recorded 1.0/0.0 Value, branch-free."""
+        return less_equal(y, x)
 
 
 _where_true = _function(_C["where_true"], None)
 _where_false = _function(_C["where_false"], None)
 
 
-def where(cond, a, b):
+@overload
+def where(cond: Value, a: Value | Real, b: Value | Real) -> Value: ...
+@overload
+def where(cond: NDArray[Any], a: ArrayLike | Value, b: ArrayLike | Value) -> NDArray[np.object_]: ...
+@overload
+def where(cond: bool | np.bool_, a: Any, b: Any) -> Any: ...
+def where(cond: Any, a: Any, b: Any) -> Any:
     """``a`` where ``cond`` holds, else ``b``.
 
     With a recorded condition (``jitad.less(x, y)``, ``jitad.greater(x, 0)``, any Value:
@@ -749,7 +844,7 @@ def where(cond, a, b):
     return a if cond else b
 
 
-_UFUNCS = {
+_UFUNCS: dict[str, Callable[..., Any]] = {
     "add": lambda x, y: x + y,
     "subtract": lambda x, y: x - y,
     "multiply": lambda x, y: x * y,
@@ -797,15 +892,19 @@ _UFUNCS = {
 
 # Special functions and stable compositions (op table entries), and NumPy's names on Values.
 
-erf = _function(_C["erf"], "the error function")
-erfc = _function(_C["erfc"], "1 - erf(x), accurate where erf(x) is close to 1")
-lgamma = _function(_C["lgamma"], "log|Gamma(x)|; its derivatives are digamma and trigamma; inf at 0, -1, -2, ...")
-sign = _function(_C["sign"], "-1, 0 or 1 (sign(nan) is nan), recorded; its derivative is 0")
-log_sigmoid = _function(_C["log_sigmoid"], "log(sigmoid(x)) = -softplus(-x), without overflow")
-logaddexp = _function(_C["logaddexp"], "log(e**x + e**y) without overflow; its partials are the softmax weights")
+erf: UnaryFunction = _function(_C["erf"], "the error function")
+erfc: UnaryFunction = _function(_C["erfc"], "1 - erf(x), accurate where erf(x) is close to 1")
+lgamma: UnaryFunction = _function(
+    _C["lgamma"], "log|Gamma(x)|; its derivatives are digamma and trigamma; inf at 0, -1, -2, ..."
+)
+sign: UnaryFunction = _function(_C["sign"], "-1, 0 or 1 (sign(nan) is nan), recorded; its derivative is 0")
+log_sigmoid: UnaryFunction = _function(_C["log_sigmoid"], "log(sigmoid(x)) = -softplus(-x), without overflow")
+logaddexp: BinaryFunction = _function(
+    _C["logaddexp"], "log(e**x + e**y) without overflow; its partials are the softmax weights"
+)
 
 
-def logsumexp(values):
+def logsumexp(values: Sequence[Value | Real] | NDArray[Any]) -> Value | float:
     """log(sum(exp(values))) of a sequence or array of Values and numbers, without
     overflow; its gradient is softmax(values). An empty sequence gives -inf.
 
@@ -823,7 +922,13 @@ def logsumexp(values):
     return items[0] if isinstance(items[0], Value) else _real(items[0], "logsumexp")
 
 
-def clip(x, lo, hi):
+@overload
+def clip(x: Value, lo: Value | Real, hi: Value | Real) -> Value: ...
+@overload
+def clip(x: Real, lo: Real, hi: Real) -> float: ...
+@overload
+def clip(x: Any, lo: Any, hi: Any) -> Any: ...
+def clip(x: Any, lo: Any, hi: Any) -> Any:
     """x limited to [lo, hi], as np.clip: minimum(maximum(x, lo), hi), branch-free. At
     x == lo or x == hi the gradient splits evenly, as in maximum/minimum and jnp.clip."""
     return minimum(maximum(x, lo), hi)
@@ -866,9 +971,10 @@ Value.min = _reduction_of_one("min", minimum)
 Value.mean = _mean
 Value.clip = _clip_method
 Value.conjugate = lambda self: self
-Value.sign = sign
-Value.erf = erf
-Value.erfc = erfc
+# Module functions as methods (self is their x); mypy does not match a protocol to a method.
+Value.sign = sign  # type: ignore[assignment]
+Value.erf = erf  # type: ignore[assignment]
+Value.erfc = erfc  # type: ignore[assignment]
 
 _UFUNCS.update(
     {
