@@ -49,7 +49,7 @@ class _Keep(ast.NodeTransformer):
 
 
 def _op_table(name, keep):
-    lines = [f"def {name}(code, x, y):"]
+    lines = [f"def {name}_table(code, x, y):"]
     for op in ops.OPS:
         if op.formula is not None:
             formula = ast.parse(textwrap.dedent(inspect.getsource(op.formula))).body[0]
@@ -58,7 +58,15 @@ def _op_table(name, keep):
     lines.append("    return nan, nan, nan")
     namespace = ops.namespace(_MATH, wrap=inline)
     exec(compile("\n".join(lines), f"<jitad op table: {name}>", "exec"), namespace)
-    return inline(namespace[name])
+    table = inline(namespace[f"{name}_table"])
+
+    # Opcodes arrive as uint8 (tapes) or int32 (packed programs): one type for the table,
+    # which is compiled once instead of once per integer type.
+    def dispatch(code, x, y):
+        return table(np.intp(code), x, y)
+
+    dispatch.__name__ = dispatch.__qualname__ = name
+    return inline(dispatch)
 
 
 evaluate = _op_table("evaluate", slice(0, 3))
