@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 import numba
+from numba.core import event
 from numba.core.caching import (
     CompileResultCacheImpl,
     FunctionCache,
@@ -119,31 +120,53 @@ class _Cache(FunctionCache):
         return (*super()._index_key(sig, codegen), _SOURCES)
 
 
+class _Compiles(event.Listener):
+    """How many Numba compiles are running (a cache load is not one)."""
+
+    running = 0
+
+    def on_start(self, ev):
+        _Compiles.running += 1
+
+    def on_end(self, ev):
+        _Compiles.running -= 1
+
+
+event.register("numba:compile", _Compiles())
+
+
 def _announce_slow_compiles(dispatcher, name):
     # Numba's C dispatcher calls _compile_for_args when no compiled version matches the
-    # argument types (a cache load goes through it too, in milliseconds). A timer, not a
-    # cache lookup, decides: only a compile still running after SLOW_COMPILE_S is announced.
+    # argument types; a load from the cache goes through it too, usually in milliseconds,
+    # though the first one of a process sets up Numba's type system. A watcher, not a
+    # cache lookup, decides: only a call still compiling after SLOW_COMPILE_S says so.
     compile_for_args = getattr(dispatcher, "_compile_for_args", None)
     if compile_for_args is None:  # NUMBA_DISABLE_JIT=1: a plain Python function
         return
 
     def compile_announced(*args, **kws):
-        def say():
-            where = f"cached in {CACHE_DIR}" if CACHE else "uncached: JITAD_CACHE=0"
-            print(
-                f"jitad: compiling the {name} kernel for these argument types; this happens once per "
-                f"machine ({where}), later processes load it in milliseconds",
-                file=sys.stderr,
-                flush=True,
-            )
+        done = threading.Event()
 
-        timer = threading.Timer(SLOW_COMPILE_S, say)
-        timer.daemon = True
-        timer.start()
+        def watch():
+            if done.wait(SLOW_COMPILE_S):
+                return
+            while not done.wait(0.1):
+                if _Compiles.running:
+                    where = f"cached in {CACHE_DIR}" if CACHE else "uncached: JITAD_CACHE=0"
+                    print(
+                        f"jitad: compiling the {name} kernel for these argument types; this happens once per "
+                        f"machine ({where}), later processes load it in milliseconds",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         try:
             return compile_for_args(*args, **kws)
         finally:
-            timer.cancel()
+            done.set()
 
     dispatcher._compile_for_args = compile_announced
 
