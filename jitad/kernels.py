@@ -49,10 +49,11 @@ class _Keep(ast.NodeTransformer):
 
 
 def _op_table(name, keep):
+    source = {node.name: node for node in ast.parse(inspect.getsource(ops)).body if isinstance(node, ast.FunctionDef)}
     lines = [f"def {name}_table(code, x, y):"]
     for op in ops.OPS:
         if op.formula is not None:
-            formula = ast.parse(textwrap.dedent(inspect.getsource(op.formula))).body[0]
+            formula = source[op.formula.__name__]
             body = ast.unparse([_Keep(keep).visit(statement) for statement in formula.body])
             lines += [f"    if code == {op.code}:", textwrap.indent(body, "        ")]
     lines.append("    return nan, nan, nan")
