@@ -478,63 +478,71 @@ def weighted_hessian_vector(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs,
 
 
 @kernel
-def compressed_hessian(op, a, b, c, val, da, db, adj, inputs, outputs, weights, colour, src_colour, src_row, data):
-    """The nonzeros of the weighted Hessian, data[p] = (H s_c)[src_row[p]] for c =
-    src_colour[p], s_c the indicator of the columns of colour c (no two of which share a
-    nonzero row): ``hvp_sweep`` with one tangent lane per colour, so each entry's second
-    partials are evaluated once for all colours."""
-    n = inputs.shape[0]
-    L = colour.max() + 1 if n else 0
+def compressed_hessian(
+    op, a, b, c, val, da, db, adj, inputs, params, x, p, outputs, weights, flags, tangents, src_colour, src_row,
+    dot, adj_dot, data,
+):
+    """Replay at (x, p) (return the first failed guard, or -1), then the nonzeros of the
+    weighted Hessian: data[q] = (H s_c)[src_row[q]] for c = src_colour[q], s_c the indicator
+    of the columns of colour c (no two of which share a nonzero row). ``hvp_sweep`` with one
+    tangent lane per colour, restricted by the tape's structure (sparse.py's plan): only the
+    entries in ``tangents`` get a tangent; going back, flags[i] & 1 marks an entry whose
+    adjoint tangent can be nonzero, & 2 one with curvature (a second partial meeting a
+    nonzero adjoint and an operand tangent); the lanes of unmarked entries are exactly zero.
+    Scratch: dot (entries x colours) holds the inputs' colour indicators and zeros, only the
+    rows in ``tangents`` are written; adj_dot (same shape) is zeroed here."""
+    failed = replay(op, a, b, c, val, da, db, inputs, params, x, p)
+    if failed >= 0:
+        return failed
+    L = dot.shape[1]
     last = outputs.max()
-    dot = np.zeros((last + 1, L))
-    adj_dot = np.zeros((last + 1, L))
-    for k in range(n):
-        if inputs[k] <= last:
-            dot[inputs[k], colour[k]] = 1.0
-    for i in range(last + 1):
+    for t in range(tangents.shape[0]):
+        i = tangents[t]
         ia = a[i]
         ib = b[i]
-        if ia >= 0 or ib >= 0:
+        if ia >= 0 and ib >= 0:
             for l in range(L):
-                s = 0.0
-                if ia >= 0:
-                    s += _product(da[i], dot[ia, l])
-                if ib >= 0:
-                    s += _product(db[i], dot[ib, l])
-                dot[i, l] = s
+                dot[i, l] = _product(da[i], dot[ia, l]) + _product(db[i], dot[ib, l])
+        elif ia >= 0:
+            for l in range(L):
+                dot[i, l] = _product(da[i], dot[ia, l])
+        else:
+            for l in range(L):
+                dot[i, l] = _product(db[i], dot[ib, l])
     adj[: last + 1] = 0.0
+    adj_dot[: last + 1] = 0.0
     for j in range(outputs.shape[0]):
         adj[outputs[j]] += weights[j]
     for i in range(last, -1, -1):
         ia = a[i]
         ib = b[i]
-        if ia < 0 and ib < 0:
-            continue
         g = adj[i]
-        moving = False  # any lane with a nonzero operand tangent
-        for l in range(L):
-            if (ia >= 0 and dot[ia, l] != 0.0) or (ib >= 0 and dot[ib, l] != 0.0):
-                moving = True
-                break
-        dxx = dxy = dyy = 0.0
-        if g != 0.0 and moving:
-            x = val[ia] if ia >= 0 else c[i]
-            y = val[ib] if ib >= 0 else c[i]
-            dxx, dxy, dyy = second_partials(op[i], x, y)
-        if ia >= 0:
-            adj[ia] += _product(da[i], g)
-        if ib >= 0:
-            adj[ib] += _product(db[i], g)
-        for l in range(L):
-            gd = adj_dot[i, l]
-            if g == 0.0 and gd == 0.0:
-                continue
-            xd = dot[ia, l] if ia >= 0 else 0.0
-            yd = dot[ib, l] if ib >= 0 else 0.0
+        if g != 0.0:
             if ia >= 0:
-                adj_dot[ia, l] += _product(da[i], gd) + _product(dxx, xd * g) + _product(dxy, yd * g)
+                adj[ia] += _product(da[i], g)
             if ib >= 0:
-                adj_dot[ib, l] += _product(db[i], gd) + _product(dxy, xd * g) + _product(dyy, yd * g)
-    for p in range(data.shape[0]):
-        r = src_row[p]
-        data[p] = adj_dot[inputs[r], src_colour[p]] if inputs[r] <= last else 0.0
+                adj[ib] += _product(db[i], g)
+        if flags[i] & 2 and g != 0.0:
+            dxx, dxy, dyy = second_partials(op[i], val[ia] if ia >= 0 else c[i], val[ib] if ib >= 0 else c[i])
+            for l in range(L):
+                gd = adj_dot[i, l]
+                xd = dot[ia, l] if ia >= 0 else 0.0
+                yd = dot[ib, l] if ib >= 0 else 0.0
+                if gd == 0.0 and xd == 0.0 and yd == 0.0:
+                    continue
+                if ia >= 0:
+                    adj_dot[ia, l] += _product(da[i], gd) + _product(dxx, xd * g) + _product(dxy, yd * g)
+                if ib >= 0:
+                    adj_dot[ib, l] += _product(db[i], gd) + _product(dxy, xd * g) + _product(dyy, yd * g)
+        elif flags[i] & 1:
+            for l in range(L):
+                gd = adj_dot[i, l]
+                if gd != 0.0:
+                    if ia >= 0:
+                        adj_dot[ia, l] += _product(da[i], gd)
+                    if ib >= 0:
+                        adj_dot[ib, l] += _product(db[i], gd)
+    for q in range(data.shape[0]):
+        r = src_row[q]
+        data[q] = adj_dot[inputs[r], src_colour[q]] if inputs[r] <= last else 0.0
+    return -1

@@ -9,12 +9,13 @@ formula returns exactly 0.0 for every input (``FIRST_ZERO``, ``SECOND``, checked
 the formulas by tests/test_sparse.py); every op not listed counts as fully nonlinear.
 """
 
+import threading
 import weakref
 
 import numpy as np
 import scipy.sparse
 
-from . import kernels, ops
+from . import debug, kernels, ops
 
 # Ops whose first partial d/dx (first flag) or d/dy (second) is identically zero.
 FIRST_ZERO = {
@@ -126,14 +127,21 @@ def differentiated(program, weights):
     return "first" if weights is None else "all"
 
 
-def hessian_sparsity(program, which="first"):
-    """The (n, n) symmetric boolean pattern of the Hessian of the first output (``which =
-    "first"``) or of any weighted sum of the outputs (``"all"``).
+# Flags of the compressed Hessian sweep (kernels.compressed_hessian), per entry.
+HOT = 1  # its adjoint tangent can be nonzero
+CURVED = 2  # a second partial meets a nonzero adjoint and a nonzero operand tangent
 
-    Forward: each entry's input set. Backward: the entries that reach a differentiated
-    output through nonzero partials. Every such entry whose op has a nonzero second
-    partial d2/du dv contributes the pairs deps(u) x deps(v) (chain rule: the Hessian is a
-    sum of adjoint * grad u * grad v^T * d2/du dv over entries)."""
+
+def _second_order(program, which):
+    """The tape's second-order structure, from one reverse pass over the entries that reach
+    a differentiated output through nonzero partials (``live``): the Hessian's rows as
+    bitsets, and for the compressed sweep each entry's flags and the entries whose tangent
+    it needs (those that reach a CURVED entry's operands).
+
+    Chain rule: the Hessian is a sum over entries of adjoint * grad u * grad v^T * d2/du dv,
+    so an entry whose op has a nonzero second partial d2/du dv contributes the pairs
+    deps(u) x deps(v); the same term, swept in forward-over-reverse, is what makes the
+    entry CURVED, and the operands it reaches HOT, as are the operands of a HOT entry."""
 
     def make():
         deps = _dependencies(program)
@@ -142,19 +150,25 @@ def hessian_sparsity(program, which="first"):
         zx, zy = _ZERO_DX.tolist(), _ZERO_DY.tolist()
         xx, xy, yy = _NONZERO_XX.tolist(), _NONZERO_XY.tolist(), _NONZERO_YY.tolist()
         n = program.inputs.size
-        live = bytearray(len(op))
+        last = max(outputs)
+        live = bytearray(last + 1)
+        hot = bytearray(last + 1)
+        needs_tangent = bytearray(last + 1)
+        flags = np.zeros(last + 1, dtype=np.int8)
         for o in outputs:
             live[o] = 1
         rows = [0] * n
-        for i in range(max(outputs), -1, -1):
+        for i in range(last, -1, -1):
             code = op[i]
             if not live[i] or code < kernels.FIRST_COMPUTED:
                 continue
             da = deps[a[i]] if a[i] >= 0 else 0
             db = deps[b[i]] if b[i] >= 0 else 0
-            if a[i] >= 0 and not zx[code]:
+            through_a = a[i] >= 0 and not zx[code]
+            through_b = b[i] >= 0 and not zy[code]
+            if through_a:
                 live[a[i]] = 1
-            if b[i] >= 0 and not zy[code]:
+            if through_b:
                 live[b[i]] = 1
             if xx[code] and da:
                 for k in _bits(da):
@@ -167,7 +181,39 @@ def hessian_sparsity(program, which="first"):
                     rows[k] |= db
                 for k in _bits(db):
                     rows[k] |= da
-        return _csr_pattern(rows, n)
+            curves_a = da and (xx[code] or (xy[code] and db))
+            curves_b = db and (yy[code] or (xy[code] and da))
+            if curves_a or curves_b:
+                flags[i] |= CURVED
+                for operand in (a[i], b[i]):  # it reads both operands' tangents
+                    if operand >= 0 and deps[operand] and op[operand] >= kernels.FIRST_COMPUTED:
+                        needs_tangent[operand] = 1
+            if hot[i]:
+                flags[i] |= HOT
+            if curves_a or (hot[i] and through_a and da):
+                hot[a[i]] = 1
+            if curves_b or (hot[i] and through_b and db):
+                hot[b[i]] = 1
+        # A tangent is computed from its operands' tangents: they are needed too. Sources'
+        # tangents are not computed (the inputs' are seeds, the others zero).
+        for i in range(last, -1, -1):
+            if needs_tangent[i]:
+                for operand in (a[i], b[i]):
+                    if operand >= 0 and deps[operand] and op[operand] >= kernels.FIRST_COMPUTED:
+                        needs_tangent[operand] = 1
+        tangents = np.flatnonzero(np.frombuffer(needs_tangent, dtype=np.uint8)).astype(np.int64)
+        return rows, flags, tangents
+
+    return _cached(program, ("second order", which), make)
+
+
+def hessian_sparsity(program, which="first"):
+    """The (n, n) symmetric boolean pattern of the Hessian of the first output (``which =
+    "first"``) or of any weighted sum of the outputs (``"all"``); see ``_second_order``."""
+
+    def make():
+        rows, _, _ = _second_order(program, which)
+        return _csr_pattern(rows, program.inputs.size)
 
     return _cached(program, ("hessian", which), make)
 
@@ -194,20 +240,92 @@ def colour_columns(pattern):
     return np.array(colour, dtype=np.int64)
 
 
-def _hessian_plan(program, which):
-    """Pattern, colouring and where each nonzero is read: the upper triangle's (min, max)
-    from the product of column max's colour, so that the result is exactly symmetric."""
+class _HessianPlan:
+    """What ``hessian`` needs beyond the tape, made once per program: the colouring, where
+    each nonzero is read (the upper triangle's (min, max) from the product of column max's
+    colour, so that the result is exactly symmetric), the sweep's flags and tangent entries,
+    and the result's structure as a csr_array."""
 
-    def make():
+    __slots__ = ("outputs", "colours", "flags", "tangents", "src_colour", "src_row", "template", "__weakref__")
+
+    def __init__(self, program, which):
+        self.outputs = program.outputs if which == "all" else program.outputs[:1]
         pattern = hessian_sparsity(program, which)
         colour = colour_columns(pattern)
         rows = np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr))
         cols = pattern.indices
-        src_colour = colour[np.maximum(rows, cols)]
-        src_row = np.minimum(rows, cols).astype(np.int64)
-        return pattern, colour, src_colour, src_row
+        self.colours = colour
+        self.src_colour = colour[np.maximum(rows, cols)]
+        self.src_row = np.minimum(rows, cols).astype(np.int64)
+        _, self.flags, self.tangents = _second_order(program, which)
+        self.template = _CSR((np.zeros(cols.size), pattern.indices, pattern.indptr), shape=pattern.shape)
 
-    return _cached(program, ("hessian plan", which), make)
+
+def _hessian_plan(program, which):
+    return _cached(program, ("hessian plan", which), lambda: _HessianPlan(program, which))
+
+
+_CSR = scipy.sparse.csr_array
+_NO_PARAMS = np.empty(0)
+_ONE = np.ones(1)  # the seed of an unweighted Hessian
+_local = threading.local()
+
+
+def _csr_like(template, data):
+    """``template``'s structure (own copies of its index arrays) with ``data``: the
+    attributes of an array SciPy built and checked, without its constructor's checks again
+    (they cost more than the Hessian of a small tape)."""
+    h = _CSR.__new__(_CSR)
+    h.__dict__.update(template.__dict__)
+    h.data = data
+    h.indices = template.indices.copy()
+    h.indptr = template.indptr.copy()
+    return h
+
+
+def _scratch(program, plan):
+    """This thread's (dot, adj_dot) for ``plan``: dot holds the inputs' colour indicators,
+    zeros elsewhere, and keeps them (the sweep writes only the rows of ``plan.tangents``)."""
+    try:
+        cache = _local.scratch
+    except AttributeError:
+        cache = _local.scratch = weakref.WeakKeyDictionary()
+    scratch = cache.get(plan)
+    if scratch is None:
+        rows = plan.flags.size
+        lanes = int(plan.colours.max()) + 1 if plan.colours.size else 0
+        dot = np.zeros((rows, lanes))
+        for k, i in enumerate(program.inputs.tolist()):
+            if i < rows:
+                dot[i, plan.colours[k]] = 1.0
+        scratch = cache[plan] = (dot, np.zeros((rows, lanes)))
+    return scratch
+
+
+def _exact_arguments(F, x, args):
+    """(x, p) when x and the parameters are float64 arrays of the traced shapes, as the
+    kernel takes them; else None (``F._run`` then converts and checks them)."""
+    if type(x) is not np.ndarray or x.dtype != np.float64 or x.shape != (F._n,) or len(args) != len(F._param_shapes):
+        return None
+    parts = []
+    for arg, shape in zip(args, F._param_shapes):
+        if type(arg) is not np.ndarray or arg.dtype != np.float64 or arg.shape != shape:
+            return None
+        parts.append(arg.ravel())
+    return np.ascontiguousarray(x), np.concatenate(parts) if parts else _NO_PARAMS
+
+
+def _compressed_hessian(program, w, which, seeds, x, p):
+    """The kernel's call: replay ``program`` at (x, p) into w, then the Hessian's nonzeros;
+    None when a guard fails."""
+    plan = _hessian_plan(program, which)
+    dot, adj_dot = _scratch(program, plan)
+    data = np.empty(plan.src_row.size)
+    failed = kernels.compressed_hessian(
+        program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj, program.inputs, program.params,
+        x, p, plan.outputs, seeds, plan.flags, plan.tangents, plan.src_colour, plan.src_row, dot, adj_dot, data,
+    )  # fmt: skip
+    return None if failed >= 0 else _csr_like(plan.template, data)
 
 
 def _with_tangents(F, x, args):
@@ -231,16 +349,27 @@ def _seeds(F, program, weights):
 
 
 def hessian(F, x, args, weights=None):
-    """The Hessian of F's first output (or of sum_j weights[j] out_j) at x, a csr_array."""
+    """The Hessian of F's first output (or of sum_j weights[j] out_j) at x, a csr_array.
+    One compiled call replays the last branch's tape and sweeps it; when a guard fails, or
+    x needs converting, or in debug mode, ``F._run`` finds (or records) the tape first."""
+    which = differentiated(None, weights)
+    if weights is None:
+        F._scalar_output("hessian")
+        seeds = _ONE
+    else:
+        seeds = _seeds(F, F._last, weights)[1]
+    exact = _exact_arguments(F, x, args)
+    if exact is not None and not debug.enabled():
+        program = F._last
+        h = _compressed_hessian(program, F._work(program), which, seeds, *exact)
+        if h is not None:
+            return h
     program, w = F._run(x, args)
-    outputs, seeds = _seeds(F, program, weights)
-    pattern, colour, src_colour, src_row = _hessian_plan(program, differentiated(program, weights))
-    data = np.empty(pattern.indices.size)
-    kernels.compressed_hessian(
-        program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj,
-        program.inputs, outputs, seeds, colour, src_colour, src_row, data,
-    )  # fmt: skip
-    return scipy.sparse.csr_array((data, pattern.indices, pattern.indptr), shape=pattern.shape)
+    # the same bits as given: replay wrote x and the parameters there
+    h = _compressed_hessian(program, w, which, seeds, w.val[program.inputs], w.val[program.params])
+    if h is None:
+        raise RuntimeError("jitad bug: the tape just replayed at x fails a guard when replayed there again")
+    return h
 
 
 def weighted_hvp(F, x, v, args, weights):
@@ -264,7 +393,8 @@ def _jacobian_plan(program):
         colour = colour_columns(pattern)
         rows = np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr))
         by_colour = [np.flatnonzero(colour[pattern.indices] == c) for c in range(colour.max() + 1 if colour.size else 0)]
-        return pattern, colour, rows, by_colour
+        template = _CSR((np.zeros(rows.size), pattern.indices, pattern.indptr), shape=pattern.shape)
+        return pattern, colour, rows, by_colour, template
 
     return _cached(program, "jacobian plan", make)
 
@@ -272,7 +402,7 @@ def _jacobian_plan(program):
 def jacobian(F, x, args):
     """F's (m, n) Jacobian at x as a csr_array: one tangent sweep per colour of columns."""
     program, w = F._run(x, args)
-    pattern, colour, rows, by_colour = _jacobian_plan(program)
+    pattern, colour, rows, by_colour, template = _jacobian_plan(program)
     data = np.empty(pattern.indices.size)
     dot = np.empty(len(program))
     out_rows = program.outputs[rows]
@@ -281,4 +411,4 @@ def jacobian(F, x, args):
         dot[program.inputs] = colour == c
         kernels.tangent(program.a, program.b, w.da, w.db, dot, 0, len(program))
         data[where] = dot[out_rows[where]]
-    return scipy.sparse.csr_array((data, pattern.indices, pattern.indptr), shape=pattern.shape)
+    return _csr_like(template, data)

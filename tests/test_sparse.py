@@ -107,8 +107,11 @@ def test_sparse_derivatives_of_random_programs_equal_dense(data):
         # a nonzero outside the pattern would be silently lost: the dense Hessian must lie in it
         assert not (dense != 0)[~F.hessian_sparsity().toarray()].any()
         np.testing.assert_allclose(H, 0.5 * (dense + dense.T), rtol=1e-12, atol=1e-12 * (1 + np.abs(dense).max()))
-        J = F.jacobian(point, sparse=True).toarray()
-        np.testing.assert_allclose(J.ravel(), np.ravel(F.jacobian(point)), rtol=1e-12, atol=1e-300)
+        # forward (sparse) and reverse (dense) sweeps round differently: 0.5 + 1e-39 - 0.5 is 0
+        # going back, while going forward the 0.5s cancel first and 1e-39 survives
+        J = F.jacobian(point, sparse=True).toarray().ravel()
+        dense_J = np.ravel(F.jacobian(point))
+        np.testing.assert_allclose(J, dense_J, rtol=1e-12, atol=1e-12 * (1 + np.abs(dense_J).max()))
 
 
 # The pattern tables claim some partials are identically zero: check every claim against
@@ -159,3 +162,104 @@ def test_trust_constr_with_sparse_hessians():
     assert result.status in (1, 2), result.message
     np.testing.assert_allclose(result.x, np.ones(n), atol=1e-5)
     assert rosen(result.x) < 1e-9
+
+
+# The compressed Hessian's plan restricts the sweep to what the tape's structure can make
+# nonzero (sparse._second_order): the restriction may drop only exact zeros.
+def _unrestricted_hessian(F, x, weights=None):
+    """kernels.compressed_hessian at x with every entry flagged and given a tangent."""
+    program = F.tape
+    which = sparse.differentiated(program, weights)
+    plan = sparse._hessian_plan(program, which)
+    dot, adj_dot = (a.copy() for a in sparse._scratch(program, plan))
+    computed = np.flatnonzero(program.op[: plan.flags.size] >= jitad.kernels.FIRST_COMPUTED)
+    flags = np.zeros_like(plan.flags)
+    flags[computed] = sparse.HOT | sparse.CURVED
+    w = F._work(program)
+    seeds = np.ones(1) if weights is None else np.asarray(weights, dtype=float)
+    data = np.empty(plan.src_row.size)
+    failed = jitad.kernels.compressed_hessian(
+        program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj, program.inputs, program.params,
+        np.asarray(x, dtype=float), np.empty(0), plan.outputs, seeds, flags, computed.astype(np.int64),
+        plan.src_colour, plan.src_row, dot, adj_dot, data,
+    )  # fmt: skip
+    assert failed < 0
+    return data
+
+
+@property_settings(40)
+@given(st.data())
+def test_structural_restriction_drops_only_exact_zeros(data):
+    prog = data.draw(programs(n_outputs=data.draw(st.sampled_from([None, lambda n: st.integers(1, 3)]))))
+    x = data.draw(points(prog.n_inputs))
+    assume(well_conditioned(prog, x, margin=0, bound=1e6) is not None)
+    F = jitad.trace(prog, x, retrace="raise")
+    weights = None if prog.outputs is None else np.linspace(-1.0, 2.0, len(prog.outputs))
+    want = _unrestricted_hessian(F, x, weights)
+    got = F.hessian(x, sparse=True, weights=weights)
+    np.testing.assert_array_equal(got.data, want)
+
+
+def test_rosenbrock_plan_skips_most_of_the_tape():
+    # per term: x_i^2 (curved, and its adjoint tangent nonzero), x_{i+1} - x_i^2 (adjoint
+    # tangent), (.)^2 (curved), 100 (.) (neither), 1 - x_i (adjoint tangent), (.)^2
+    # (curved), two adds (neither); tangents of x_i^2 and both subs only
+    n = 20
+    F = jitad.trace(rosenbrock, np.ones(n))
+    _, flags, tangents = sparse._second_order(F.tape, "first")
+    assert np.count_nonzero(flags == sparse.CURVED) == 2 * (n - 1)
+    assert np.count_nonzero(flags == sparse.HOT | sparse.CURVED) == n - 1
+    assert np.count_nonzero(flags == sparse.HOT) == 2 * (n - 1)
+    assert tangents.size == 3 * (n - 1)
+
+
+def test_result_is_a_checked_csr_array_with_its_own_structure():
+    x = np.random.default_rng(4).normal(size=12)
+    F = jitad.trace(rosenbrock, x)
+    H = F.hessian(x, sparse=True)
+    built = scipy.sparse.csr_array((H.data.copy(), H.indices.copy(), H.indptr.copy()), shape=H.shape)
+    built.check_format(full_check=True)
+    H.check_format(full_check=True)
+    assert H.has_canonical_format and H.indices.dtype == built.indices.dtype
+    np.testing.assert_array_equal((H - built).toarray(), 0)
+    # in-place edits of one result reach neither the next result nor the cached structure
+    H.indices[:] = 0
+    H.data[:] = 0
+    H2 = F.hessian(x, sparse=True)
+    np.testing.assert_array_equal(H2.toarray(), built.toarray())
+    J = F.jacobian(x, sparse=True)
+    J.check_format(full_check=True)
+    np.testing.assert_allclose(J.toarray().ravel(), F.jacobian(x), rtol=1e-15)
+
+
+def test_hessian_takes_parameters_lists_other_branches_and_debug_mode():
+    def f(x, data):
+        s = sum(data[i] * x[i] ** 3 for i in range(len(x)))
+        if x[0] < 0:  # a recorded guard: the other side is another tape
+            return s * x[1]
+        return s + x[0] * x[1]
+
+    x, data = np.array([0.5, -1.0, 2.0]), np.array([1.0, 2.0, 3.0])
+    F = jitad.trace(f, x, data)
+    for point, d in [(x, data), ([-0.5, 1.0, 2.0], data), (x, [3.0, 2.0, 1.0]), (np.array([1, 2, 3]), 2 * data)]:
+        want = jitad.trace(f, np.asarray(point, dtype=float), d).hessian(np.asarray(point, dtype=float), d)
+        np.testing.assert_allclose(F.hessian(point, d, sparse=True).toarray(), want, rtol=1e-14, atol=1e-14)
+    assert F.retraces >= 1
+    with jitad.debug_nans():
+        np.testing.assert_allclose(F.hessian(x, data, sparse=True).toarray(), F.hessian(x, data), rtol=1e-14)
+    with pytest.raises(ValueError, match="shape"):
+        F.hessian(np.ones(4), data, sparse=True)
+    with pytest.raises(ValueError, match="parameter 0"):
+        F.hessian(x, np.ones(2), sparse=True)
+
+
+def test_hessians_in_threads_agree():
+    from concurrent.futures import ThreadPoolExecutor
+
+    X = np.random.default_rng(5).normal(size=(64, 30))
+    F = jitad.trace(rosenbrock, X[0])
+    want = [rosen_hess(x) for x in X]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: F.hessian(x, sparse=True).toarray(), X))
+    for g, h in zip(got, want):
+        np.testing.assert_allclose(g, h, rtol=1e-14, atol=1e-12)
