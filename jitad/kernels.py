@@ -546,3 +546,33 @@ def compressed_hessian(
         r = src_row[q]
         data[q] = adj_dot[inputs[r], src_colour[q]] if inputs[r] <= last else 0.0
     return -1
+
+
+# --- one packed call for small tapes (issue 13, item 5) ---------------------------------------
+#
+# Numba's dispatcher costs ~0.1 us per array argument: replay_value_and_grad's 14 arguments
+# cost more than the sweeps of a 25-entry tape. Here the program's integer columns travel as
+# one array and a thread's work columns (with a copy of the constants) as the rows of another.
+
+PACKED_HEADER = 4  # ints[:4] = entries, inputs, parameters, the differentiated output
+
+
+@kernel
+def packed_value_and_grad(ints, work, x, p, grad):
+    """replay_value_and_grad on a program packed as ints = [header, op, a, b, inputs,
+    params] and work = [val, da, db, adj, const] (rows); returns f, or NaN when a guard
+    failed or x, p are not contiguous vectors of the inputs' and parameters' lengths."""
+    if x.shape[0] != ints[1] or x.strides[0] != 8 or p.shape[0] != ints[2]:
+        return np.nan
+    n = ints[0]
+    i = PACKED_HEADER
+    op = ints[i : i + n]
+    a = ints[i + n : i + 2 * n]
+    b = ints[i + 2 * n : i + 3 * n]
+    inputs = ints[i + 3 * n : i + 3 * n + ints[1]]
+    params = ints[i + 3 * n + ints[1] : i + 3 * n + ints[1] + ints[2]]
+    out = ints[3]
+    val = work[0]
+    if replay_value_and_grad(op, a, b, work[4], val, work[1], work[2], work[3], inputs, params, out, x, p, grad) >= 0:
+        return np.nan
+    return float(val[out])  # a Python float under NUMBA_DISABLE_JIT too

@@ -57,6 +57,7 @@ class Program:
         self.lines = lines or {}  # entry -> the Python line that recorded it (debug mode only)
         self._recorded = (value, da, db)
         self.guards = np.flatnonzero(op == ops.GUARD).astype(np.int32)
+        self._packed = None  # trace._packed
 
     def __len__(self):
         return self.op.shape[0]
@@ -197,18 +198,42 @@ def _sequence(out):
 
 
 class _Work:
-    """One thread's scratch columns for one program (values start as recorded)."""
+    """One thread's scratch columns for one program (values start as recorded): the rows
+    of one array, with a copy of the constants, so that the packed kernels and the compiled
+    entry points take them as one argument."""
 
-    __slots__ = ("val", "da", "db", "adj", "dot", "adj_dot")
+    __slots__ = ("rows", "val", "da", "db", "adj", "dot", "adj_dot")
 
     def __init__(self, program):
         value, da, db = program._recorded
-        self.val = value.copy()
-        self.da = da.copy() if da is not None else np.zeros(len(program))
-        self.db = db.copy() if db is not None else np.zeros(len(program))
-        self.adj = np.zeros(len(program))
+        self.rows = np.zeros((5, len(program)))
+        self.val, self.da, self.db, self.adj, const = self.rows
+        const[:] = program.const
+        self.val[:] = value
+        if da is not None:
+            self.da[:] = da
+        if db is not None:
+            self.db[:] = db
         self.dot = None
         self.adj_dot = None
+
+
+def _packed(program):
+    """The program's integer columns as one int32 array for the packed kernels (see
+    kernels.PACKED_HEADER), built at its first gradient call and kept with it."""
+    ints = program._packed
+    if ints is None:
+        head = [len(program), program.inputs.size, program.params.size, program.out]
+        parts = (head, program.op, program.a, program.b, program.inputs, program.params)
+        ints = program._packed = np.concatenate([np.asarray(q, dtype=np.int32) for q in parts])
+    return ints
+
+
+# The fast path's names, looked up once (a call of the seed graph is ~1 us).
+_F8 = np.dtype(np.float64)
+_NDARRAY = np.ndarray
+_EMPTY = np.empty
+_WITH_P = object()  # in place of packed ints: a compiled entry point that takes parameters
 
 
 class TapeFunction:
@@ -232,6 +257,7 @@ class TapeFunction:
         self._scalar = scalar
         self._retrace = retrace
         self._n = program.inputs.size
+        self._shape = (self._n,)
         self._m = program.outputs.size
         self._param_shapes = program.param_shapes
         # Where f was first recorded: a retrace whose outputs differ is explained from here.
@@ -379,31 +405,65 @@ class TapeFunction:
 
     def value_and_grad(self, x, *args):
         """(f(x), ∇f(x)): one replay and one reverse sweep."""
-        self._scalar_output("value_and_grad")
-        x = _as_vector(x, self._n)
-        grad = np.empty(self._n)
-        # Fast path: the last branch's tape, replay and sweep in one compiled call (Numba's
-        # per-call cost dominates small tapes).
-        program = self._last
-        w = self._work(program)
-        out = program.out
-        compiled = self._tier.get(program)
-        if compiled is not None:
-            failed = compiled.value_and_grad(program, w, x, _flatten_params(args, self._param_shapes), grad)
-        else:
-            failed = kernels.replay_value_and_grad(
-                program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj,
-                program.inputs, program.params, out, x, _flatten_params(args, self._param_shapes), grad,
-            )  # fmt: skip
-        if failed >= 0 or debug.enabled():
-            program, w = self._run(x, args)
-            out = program.out
-            kernels.gradient(program.a, program.b, w.da, w.db, w.adj, program.inputs, out, grad)
-        return float(w.val[out]), grad
+        return self._value_and_grad(x, args)
 
     def grad(self, x, *args):
         """∇f(x) as an ndarray of shape (n,)."""
-        return self.value_and_grad(x, *args)[1]
+        return self._value_and_grad(x, args)[1]
+
+    def _value_and_grad(self, x, args):
+        # The fast path, for small tapes most of all: the last branch's program, replayed
+        # and swept in one compiled call with few arguments (Numba's dispatcher costs ~0.1 us
+        # per argument), this thread's work rows, a fresh gradient array for every call.
+        # The entry points are called without Numba's type dispatch, which reads any array
+        # as the type compiled for: here x becomes a float64 vector, and the entry point
+        # returns NaN for one of another length or not contiguous (then the slow way below
+        # checks and converts it). p is contiguous float64 (_flatten_params).
+        if type(x) is not _NDARRAY or x.dtype is not _F8 or x.ndim != 1:
+            x = np.ascontiguousarray(_as_vector(x, self._n))
+        p = _flatten_params(args, self._param_shapes) if args or self._param_shapes else _NO_PARAMS
+        try:
+            program, entry, rows, ints = self._local.hot
+        except AttributeError:
+            program = None
+        if program is not self._last:
+            program, entry, rows, ints = self._hot()
+        grad = _EMPTY(self._n)
+        if ints is None:  # compiled, no parameters
+            value = entry(rows, x, grad)
+        elif ints is _WITH_P:  # compiled, with parameters
+            value = entry(rows, x, p, grad)
+        else:
+            value = entry(ints, rows, x, p, grad)
+        if value != value or debug._enabled:
+            # NaN: a guard failed, or f is NaN here. The slow way finds (or records) the
+            # branch; for a NaN f it repeats the same sweeps and gives the same bits.
+            program, w = self._run(x, args)
+            kernels.gradient(program.a, program.b, w.da, w.db, w.adj, program.inputs, program.out, grad)
+            value = float(w.val[program.out])
+        return value, grad
+
+    def _hot(self):
+        """This thread's (program, entry point, work rows, ints) for the last branch's
+        program: the compiled tier's entry (ints None, or _WITH_P when it takes
+        parameters) when it is ready, else the interpreter's packed kernel (ints: the packed
+        program). Kept for the next call, under the key None while the tier may still
+        compile the program (so that the next call asks it again)."""
+        self._scalar_output("value_and_grad")
+        program = self._last
+        # Asked before get(): code that becomes ready in between is seen at the next call.
+        pending = self._tier.pending(program)
+        compiled = self._tier.get(program)
+        if compiled is None:
+            entry = _compiler.direct(kernels.packed_value_and_grad, _compiler.PACKED_TYPES)
+            ints = _packed(program)
+        else:
+            entry = compiled.entry
+            ints = _WITH_P if compiled.params else None
+        hot = (program, entry, self._work(program).rows, ints)
+        key = None if compiled is None and pending else program
+        self._local.hot = (key, *hot[1:])
+        return hot
 
     def jacobian(self, x, *args, sparse=False):
         """The (m, n) Jacobian: m reverse sweeps, or n tangent sweeps when n < m. With
