@@ -543,7 +543,8 @@ def _refuse_stale_leaves(y, chunks, e, starts, last):
     leaves, stamps = [], []
     for c, start in zip(chunks, starts.tolist()):
         for i, stamp in (c.mods or {}).items():
-            if stamp > first:
+            # A leaf after y (later in y's chunk) cannot be in y's graph.
+            if stamp > first and start + i - c.base <= last:
                 leaves.append(start + i - c.base)
                 stamps.append(stamp)
     if not leaves:
