@@ -1,9 +1,12 @@
 """The compiler tier against the interpreter, hand-written Numba and CasADi: rerolled size,
 compile time (cold, from the disk cache, from memory), and the gradient call.
 
-Run: ``python -m benchmarks.bench_compiler`` (writes benchmarks/RESULTS_compiler.md). It
-compiles into a fresh Numba cache directory, so the cold column includes compiling the op
-formulas the generated code calls.
+Run: ``python -m benchmarks.bench_compiler [workload ...]`` (the measured table) and
+``python -m benchmarks.bench_compiler small`` (the small-tape call: the seed graph's
+``F.grad`` beside CasADi's ``buffer()`` call, interleaved). Each rewrites its own block of
+benchmarks/RESULTS_compiler.md and keeps the text around it. It compiles into a fresh Numba
+cache directory, so the cold column includes compiling the op formulas the generated code
+calls.
 """
 
 import datetime
@@ -26,6 +29,7 @@ from .adapters import CasadiSX, NumbaHand, Unavailable, jitad_namespace
 from .measure import cpu_name, median_time
 
 REPEATS = 200
+RESULTS = Path(__file__).with_name("RESULTS_compiler.md")
 
 
 def _compile(program):
@@ -91,6 +95,121 @@ def fmt_us(s):
     return "—" if math.isnan(s) else f"{s * 1e6:.1f}"
 
 
+def _write_block(name, text):
+    """Replace the block between ``<!-- bench_compiler:name -->`` and ``<!-- /bench_compiler:name -->``
+    in RESULTS_compiler.md (appended when missing): the prose around it is kept."""
+    start, end = f"<!-- bench_compiler:{name} -->", f"<!-- /bench_compiler:{name} -->"
+    old = RESULTS.read_text() if RESULTS.exists() else ""
+    block = f"{start}\n{text.strip()}\n{end}"
+    if start in old and end in old:
+        head, _, rest = old.partition(start)
+        _, _, tail = rest.partition(end)
+        new = head + block + tail
+    else:
+        new = old.rstrip() + ("\n\n" if old else "") + block + "\n"
+    RESULTS.write_text(new)
+
+
+def _machine(what):
+    return (
+        f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {cpu_name()}, {os.cpu_count()} cores shared with "
+        f"other work (load average {os.getloadavg()[0]:.2f}); Python {sys.version.split()[0]}, Numba "
+        f"{__import__('numba').__version__}. {what}"
+    )
+
+
+# --- the small-tape call (issue 13, item 5) ----------------------------------------------
+
+ROUNDS = 40
+CALLS = 2000
+
+
+def _before(F):
+    """F.value_and_grad as it was before the packed call (commit 8648ad9), for a side-by-side
+    figure: the interpreter's 14-argument kernel, or the compiled tier's 10-argument
+    value_and_grad, each through Numba's dispatcher, and the same Python checks."""
+    from jitad import debug, kernels
+    from jitad.trace import _as_vector, _flatten_params
+
+    def value_and_grad(x, *args):
+        F._scalar_output("value_and_grad")
+        x = _as_vector(x, F._n)
+        grad = np.empty(F._n)
+        program = F._last
+        w = F._work(program)
+        out = program.out
+        compiled = F._tier.get(program)
+        p = _flatten_params(args, F._param_shapes)
+        if compiled is not None:
+            failed = compiled.value_and_grad(program, w, x, p, grad)
+        else:
+            failed = kernels.replay_value_and_grad(
+                program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj,
+                program.inputs, program.params, out, x, p, grad,
+            )  # fmt: skip
+        if failed >= 0 or debug.enabled():
+            raise RuntimeError("the seed graph has no guards")
+        return float(w.val[out]), grad
+
+    return value_and_grad
+
+
+def small():
+    """The seed graph's call, jitad's tiers and CasADi's ``buffer()`` interleaved: ROUNDS
+    rounds, each timing CALLS calls of every contender at rotating points."""
+    w = W.by_name("seed")
+    M = jitad_namespace()
+    interp = jitad.trace(lambda x: w.f(x, M), w.x0)
+    comp = jitad.trace(lambda x: w.f(x, M), w.x0, compile=True)
+    comp.grad(w.x0)
+    comp.grad(w.x0)  # the second call starts the compile
+    comp._tier.wait()
+    cas = CasadiSX()
+    cas.check()
+    prepared = cas.prepare(w)  # holds CasADi's buffer: keep it alive while timing
+    points = w.points(CALLS, seed=3)
+    contenders = {
+        "CasADi SX `buffer()` call (copies x in, the gradient out)": prepared.grad,
+        "`F.grad`, compiled tier": comp.grad,
+        "`F.value_and_grad`, compiled tier": comp.value_and_grad,
+        "`F.grad`, interpreter": interp.grad,
+        "`F.value_and_grad`, interpreter": interp.value_and_grad,
+        "before: compiled tier's `value_and_grad` through the dispatcher": _before(comp),
+        "before: interpreter's 14-argument kernel through the dispatcher": _before(interp),
+    }
+    x = points[0]
+    reference = interp.value_and_grad(x)
+    for name, fn in contenders.items():
+        out = fn(x)
+        g = out[1] if isinstance(out, tuple) else out
+        if "CasADi" not in name:
+            assert np.array_equal(g, reference[1]), name  # every jitad path: the same bits
+    times = {name: [] for name in contenders}
+    for _ in range(ROUNDS):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            for k in range(CALLS):
+                fn(points[k])
+            times[name].append((time.perf_counter() - t0) / CALLS)
+    base = np.median(times[next(iter(contenders))])
+    base_min = np.min(times[next(iter(contenders))])
+    lines = [
+        "| call | median (µs) | fastest round (µs) | median / CasADi | fastest / CasADi's fastest |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, t in times.items():
+        med, low = float(np.median(t)), float(np.min(t))
+        lines.append(f"| {name} | {med * 1e6:.2f} | {low * 1e6:.2f} | {med / base:.2f}x | {low / base_min:.2f}x |")
+    header = _machine(
+        f"{ROUNDS} rounds; in each, {CALLS} calls of every row in turn at the same {CALLS} new points; the "
+        "per-call time of a round, its median and fastest over the rounds. Every jitad row returns the same "
+        "gradient bits. `python -m benchmarks.bench_compiler small` reproduces it."
+    )
+    text = "\n".join([header, "", *lines])
+    _write_block("small", text)
+    print(text)
+
+
 def main(names):
     rows = []
     for name in names:
@@ -113,16 +232,17 @@ def main(names):
             f"| {fmt_us(r['interp'])} | {fmt_us(r['comp'])} | {fmt_us(r['hand'])} | {fmt_us(r['casadi'])} "
             f"| {r['comp'] / r['hand']:.1f}x | {r['comp'] / r['casadi']:.2f}x | {'yes' if r['identical'] else 'NO'} |"
         )
-    header = (
-        f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {cpu_name()}, {os.cpu_count()} cores shared with "
-        f"other work (load average {os.getloadavg()[0]:.2f}); Python {sys.version.split()[0]}, Numba "
-        f"{__import__('numba').__version__}. Medians of {REPEATS} `value_and_grad` calls at new points; "
+    header = _machine(
+        f"Medians of {REPEATS} `value_and_grad` calls at new points; "
         "`python -m benchmarks.bench_compiler` reproduces it."
     )
-    text = "\n".join(["## Compiled tier: measured", "", header, "", *lines, ""])
-    Path(__file__).with_name("RESULTS_compiler.md").write_text(text)
+    text = "\n".join([header, "", *lines])
+    _write_block("table", text)
     print(text)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["seed", "rosen1k", "mlp", "gmm_l"])
+    if sys.argv[1:] == ["small"]:
+        small()
+    else:
+        main(sys.argv[1:] or ["seed", "rosen1k", "mlp", "gmm_l"])
