@@ -3,8 +3,8 @@ a watcher thread that stays silent for the first seconds, then shows a tqdm bar 
 is installed, or a plain stderr line every few seconds otherwise.
 
 Watching from another thread keeps the hot loops free of hooks: recording only appends to
-the tape, and the watcher reads the tape's length; a batch counts the points of the slices
-it has finished.
+the tape, and the watcher reads the tape's length; for a batch it counts the points whose
+results the kernels have written.
 """
 
 from __future__ import annotations

@@ -26,10 +26,11 @@ MAX_BRANCHES = 16  # programs kept per TapeFunction, one per branch signature (L
 # of float64. Lanes are cut so that a thread's scratch stays under this, or under one
 # replay's columns (32 bytes per entry, one lane) for tapes too long for two lanes.
 BATCH_SCRATCH_BYTES = 64 * 2**20
-# A batch of at least BATCH_PROGRESS_WORK entries x points may show progress (``progress=``):
-# it then runs in slices of about BATCH_SLICE_WORK entries x points, and a watcher counts them.
-BATCH_PROGRESS_WORK = 2**27
-BATCH_SLICE_WORK = 2**25
+# A batch of at least BATCH_PROGRESS_WORK entries x points (a few tenths of a second per
+# core) may show progress (``progress=``): below that, even the watcher thread's start is
+# not worth it. _NOT_RUN marks the points the kernels have not written yet.
+BATCH_PROGRESS_WORK = 2**26
+_NOT_RUN = -2
 
 
 class BranchChanged(RuntimeError):
@@ -597,11 +598,19 @@ class TapeFunction:
         with self._lock:
             programs = list(reversed(self._programs.values()))
         first_failure = None
-        # A long batch runs in slices of points so that a watcher can count the finished
-        # ones; each point is computed alone in its lane, so slicing changes no bit.
-        sliced = _progress.wanted(progress) and K * len(programs[0]) >= BATCH_PROGRESS_WORK
-        finished = [0]
-        with _progress.watch(f"batch of {K:,} points", sliced, lambda: finished[0], "points", K):
+        # A long batch that shows progress: a watcher thread counts the points the kernels
+        # have written, by the first lane of each block in ``failed`` (NOT_RUN until then),
+        # while the kernels run untouched. Short batches start no watcher.
+        watched = _progress.wanted(progress) and K * len(programs[0]) >= BATCH_PROGRESS_WORK
+        seen = [0, None, 1]  # points done in earlier passes, this pass's failed, points per block
+
+        def finished():
+            before, failed, size = seen
+            if failed is None:
+                return before
+            return before + min(failed.size, size * int(np.count_nonzero(failed[::size] != _NOT_RUN)))
+
+        with _progress.watch(f"batch of {K:,} points", watched, finished, "points", K):
             while pending.size:
                 if programs:
                     program = programs.pop(0)
@@ -616,30 +625,25 @@ class TapeFunction:
                 v = np.empty((pending.size, m))
                 g = np.empty((pending.size, self._n)) if want_grad else grads
                 failed = np.empty(pending.size, dtype=np.int64)
+                if watched:
+                    failed[:] = _NOT_RUN
                 _check_batch_arrays(program, Xp, Pp, v, g, want_grad)
-                columns = (program.op, program.a, program.b, program.const, program.value, program.inputs, program.params)
+                columns = (
+                    program.op, program.a, program.b, program.const, program.value, program.inputs, program.params
+                )  # fmt: skip
                 size = _block_size(block, len(program), pending.size)
                 workers = _workers(len(program), pending.size, size)
                 scratch, lanes = _batch_scratch(workers, len(program), size)
-                step = _slice_points(len(program), size * workers) if sliced else pending.size
-                for lo in range(0, pending.size, step):
-                    part = slice(lo, lo + step)
-                    Xs = Xp[part]
-                    Ps = Pp[part] if per_point else Pp
-                    gs = g[part] if want_grad else g
-                    if workers == 1:
-                        kernels.batch_share(
-                            *columns, program.outputs, Xs, Ps, 0, 1, want_grad, v[part], gs, failed[part], scratch[0],
-                            lanes[0],
+                seen[:] = [K - pending.size, failed, size]
+                if workers == 1:
+                    kernels.batch_share(
+                        *columns, program.outputs, Xp, Pp, 0, 1, want_grad, v, g, failed, scratch[0], lanes[0]
+                    )
+                else:
+                    with _parallel_launch():
+                        kernels.batch(
+                            *columns, program.outputs, Xp, Pp, workers, want_grad, v, g, failed, scratch, lanes
                         )  # fmt: skip
-                    else:
-                        with _parallel_launch():
-                            kernels.batch(
-                                *columns, program.outputs, Xs, Ps, workers, want_grad, v[part], gs, failed[part],
-                                scratch, lanes,
-                            )  # fmt: skip
-                    if sliced:
-                        finished[0] += int(np.count_nonzero(failed[part] < 0))
                 del scratch
                 ok = failed < 0
                 values[pending[ok]] = v[ok]
@@ -649,6 +653,7 @@ class TapeFunction:
                     # the guard to name if re-recording is refused: the last program tried
                     first_failure = (program, int(failed[~ok][0]))
                 pending = pending[~ok]
+            seen[:] = [K, None, 1]
         return values, grads
 
     def _second_order(self, x, args):
@@ -756,14 +761,6 @@ def _workers(n_entries, K, block):
     if K * n_entries < 2_000_000:
         return 1
     return max(1, min(numba.get_num_threads(), -(-K // block)))
-
-
-def _slice_points(n_entries, multiple):
-    """Points per slice of a batch that shows progress: about ``BATCH_SLICE_WORK`` entries
-    x points (a fraction of a second: the kernel calls between slices cost nothing
-    measurable), a whole number of rounds of blocks over the workers."""
-    rounds = max(4, BATCH_SLICE_WORK // (max(n_entries, 1) * multiple))
-    return int(rounds * multiple)
 
 
 def _block_size(block, n_entries, K):

@@ -59,7 +59,7 @@ def test_trace_reports_recording(capsys, monkeypatch):
     assert "jitad: recording <lambda>" in capsys.readouterr().err
 
 
-# --- long batches: slices of points, counted between kernel calls ------------------------
+# --- long batches: the points the kernels have written, counted from the watcher ----------
 
 
 def rosen(x):
@@ -74,9 +74,8 @@ def branchy(x, w):
 
 @pytest.fixture
 def long_batches(monkeypatch):
-    """Every batch counts as long and is cut into slices of a few blocks; no delay."""
+    """Every batch counts as long; no delay."""
     monkeypatch.setattr(trace_module, "BATCH_PROGRESS_WORK", 0)
-    monkeypatch.setattr(trace_module, "BATCH_SLICE_WORK", 1)
     monkeypatch.setattr(progress, "DELAY_S", 0.0)
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # plain lines: the final one is certain
 
@@ -102,7 +101,37 @@ def test_long_batch_on_several_threads_gives_the_same_bits(long_batches):
     np.testing.assert_array_equal(F.grad_batch(X, progress=True), F.grad_batch(X, progress=False))
 
 
-def test_short_batch_is_not_sliced_and_prints_nothing(capsys, monkeypatch):
+def test_batch_progress_counts_the_points_the_kernels_wrote(monkeypatch):
+    monkeypatch.setattr(trace_module, "BATCH_PROGRESS_WORK", 0)
+    watched = {}
+    real_watch = progress.watch
+
+    def watch(what, show, count=None, unit="entries", total=None):
+        if what.startswith("batch"):  # (re-recording at a new branch is watched too)
+            watched.update(show=show, count=count, total=total)
+        return real_watch(what, False, count, unit, total)
+
+    counts = []
+    real_kernel = kernels.batch_share
+
+    def kernel(*args):
+        counts.append(watched["count"]())
+        real_kernel(*args)
+        counts.append(watched["count"]())
+
+    monkeypatch.setattr(progress, "watch", watch)
+    monkeypatch.setattr(kernels, "batch_share", kernel)
+    F = jitad.trace(branchy, np.full(6, -0.5), 1.0)
+    X = np.random.default_rng(4).normal(size=(100, 6))
+    n_other = int(np.count_nonzero(X[:, 0] > 0))  # the points the second tape takes
+    F.grad_batch(X, 1.0, progress=True)
+    assert watched["show"] and watched["total"] == 100
+    # before and after each kernel call: all pending points written by the first tape, then
+    # the points its guards refused, by the tape recorded for them
+    assert counts == [0, 100, 100 - n_other, 100] and watched["count"]() == 100
+
+
+def test_short_batch_is_unchanged_and_prints_nothing(capsys, monkeypatch):
     monkeypatch.setattr(progress, "DELAY_S", 0.0)
     calls = []
     real = kernels.batch_share
