@@ -15,9 +15,10 @@ import struct
 import sys
 import threading
 import weakref
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import debug, kernels, ops
 
@@ -277,16 +278,43 @@ class Tape:
     def __len__(self) -> int:
         return len(self._rec)
 
-    def _column(self, field):
+    def _column(self, field: str) -> NDArray[Any]:
         return self._rec.entries()[field].copy()
 
-    op = property(lambda self: self._column("op"), doc="opcode of every entry (uint8)")
-    a = property(lambda self: self._column("a"), doc="first operand index, -1: the constant")
-    b = property(lambda self: self._column("b"), doc="second operand index, -1: the constant")
-    const = property(lambda self: self._column("c"), doc="the constant an entry uses")
-    value = property(lambda self: self._column("val"), doc="value of every entry")
-    da = property(lambda self: self._column("da"), doc="local partial w.r.t. operand a")
-    db = property(lambda self: self._column("db"), doc="local partial w.r.t. operand b")
+    @property
+    def op(self) -> NDArray[np.uint8]:
+        """opcode of every entry (uint8)"""
+        return self._column("op")
+
+    @property
+    def a(self) -> NDArray[np.int32]:
+        """first operand index, -1: the constant"""
+        return self._column("a")
+
+    @property
+    def b(self) -> NDArray[np.int32]:
+        """second operand index, -1: the constant"""
+        return self._column("b")
+
+    @property
+    def const(self) -> NDArray[np.float64]:
+        """the constant an entry uses"""
+        return self._column("c")
+
+    @property
+    def value(self) -> NDArray[np.float64]:
+        """value of every entry"""
+        return self._column("val")
+
+    @property
+    def da(self) -> NDArray[np.float64]:
+        """local partial w.r.t. operand a"""
+        return self._column("da")
+
+    @property
+    def db(self) -> NDArray[np.float64]:
+        """local partial w.r.t. operand b"""
+        return self._column("db")
 
     @property
     def names(self) -> list[str]:

@@ -48,6 +48,9 @@ x.grad = None
 with jitad.Tape() as tape:
     assert_type(len(tape), int)
     assert_type(tape.table(), str)
+    assert_type(tape.value, NDArray[np.float64])
+    assert_type(tape.a, NDArray[np.int32])
+    assert_type(tape.names, list[str])
 
 
 def rosen(x: Any) -> Any:
