@@ -1,11 +1,14 @@
 """Sparse Hessians: jitad's F.hessian(x, sparse=True) against CasADi's SX hessian Function
 (which detects sparsity and colours the graph itself) and jitad's dense F.hessian, on
-Rosenbrock, median timing at fresh points in one process.
+Rosenbrock, median timing at fresh points in one process. jitad's sparse Hessian and
+CasADi's are called alternately, at the same points, so that both see the same machine load
+(on a shared machine a load change between two separate runs moves the ratio by 50%).
 
 Run: .venv/bin/python -m benchmarks.bench_sparse [n ...]
 """
 
 import sys
+import time
 
 import numpy as np
 
@@ -34,16 +37,22 @@ def row(n, repeats=2000):
     H = casadi_hessian(n)
     # correctness first: the same matrix
     np.testing.assert_allclose(F.hessian(points[1], sparse=True).toarray(), np.array(H(points[1])), rtol=1e-13)
+    t_sparse, t_casadi = alternately([lambda x: F.hessian(x, sparse=True), H], points)
     it = iter(range(10**9))
-
-    def at_new_point(fn):
-        return lambda: fn(points[next(it) % repeats])
-
-    t_sparse = median_time(at_new_point(lambda x: F.hessian(x, sparse=True)), repeats)
-    t_dense = median_time(at_new_point(F.hessian), max(50, repeats // 10))
-    t_casadi = median_time(at_new_point(H), repeats)
+    t_dense = median_time(lambda: F.hessian(points[next(it) % repeats]), max(50, repeats // 10))
     colours = sparse.colour_columns(F.hessian_sparsity()).max() + 1
     return n, len(F.tape), colours, t_sparse, t_casadi, t_dense
+
+
+def alternately(fns, points):
+    """Median time of each fn over the points, the fns called in turn at each point."""
+    times = np.empty((len(points), len(fns)))
+    for k, x in enumerate(points):
+        for j, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn(x)
+            times[k, j] = time.perf_counter() - t0
+    return np.median(times, axis=0)
 
 
 def main(sizes):
