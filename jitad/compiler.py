@@ -733,16 +733,21 @@ ENTRY_TYPES = (_F2, _F1, _F1, _F1)
 PACKED_TYPES = (_I1, _F2, _F1, _F1, _F1)
 
 
-def direct(dispatcher, types):
+def direct(dispatcher, types, sample=None):
     """The machine code of ``dispatcher`` for exactly these argument types, compiled (or
     loaded from the cache) now, as a function that skips Numba's type dispatch; the
-    dispatcher itself where there is none (NUMBA_DISABLE_JIT=1)."""
+    dispatcher itself where there is none (NUMBA_DISABLE_JIT=1). ``sample``: arguments of
+    these types that the function refuses at once, called to compile it the usual way (a
+    first compile on this machine then says so on stderr, as every kernel's does)."""
     overloads = getattr(dispatcher, "overloads", None)
     if overloads is None:
         return dispatcher
     # Looked up first: compile() holds Numba's compiler lock, which a background compile
     # of another tape may hold for minutes.
     known = overloads.get(tuple(types))
+    if known is None and sample is not None:
+        dispatcher(*sample)
+        known = overloads.get(tuple(types))
     return dispatcher.compile(types) if known is None else known.entry_point
 
 

@@ -230,6 +230,10 @@ def _packed(program):
     return ints
 
 
+# Arguments of packed_value_and_grad's types that it refuses at once (x is longer than the
+# program's 0 inputs): calling it compiles it, nothing is read or written.
+_PACKED_SAMPLE = (np.zeros(kernels.PACKED_HEADER, np.int32), np.zeros((5, 0)), np.zeros(1), np.zeros(0), np.zeros(0))
+
 # The fast path's names, looked up once (a call of the seed graph is ~1 us).
 _F8 = np.dtype(np.float64)
 _NDARRAY = np.ndarray
@@ -456,7 +460,7 @@ class TapeFunction:
         pending = self._tier.pending(program)
         compiled = self._tier.get(program)
         if compiled is None:
-            entry = _compiler.direct(kernels.packed_value_and_grad, _compiler.PACKED_TYPES)
+            entry = _compiler.direct(kernels.packed_value_and_grad, _compiler.PACKED_TYPES, _PACKED_SAMPLE)
             ints = _packed(program)
         else:
             entry = compiled.entry

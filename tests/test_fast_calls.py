@@ -16,7 +16,7 @@ from test_trace import BAD_X, f3
 
 import jitad
 from jitad import compiler, kernels
-from jitad.trace import _NO_PARAMS, _WITH_P, _Work
+from jitad.trace import _NO_PARAMS, _PACKED_SAMPLE, _WITH_P, _Work
 
 
 def seed(x):
@@ -314,6 +314,8 @@ def test_direct_does_not_take_the_compiler_lock_for_known_code():
         t.start()
         t.join(timeout=30)
     assert done and done[0] is entry
+    # the sample that compiles it the usual way (announced on stderr) is refused at once
+    assert np.isnan(kernels.packed_value_and_grad(*_PACKED_SAMPLE))
 
 
 def test_without_jit_the_fast_path_runs_python(tmp_path):
