@@ -94,7 +94,10 @@ def powc(x, y):
 def pow_(x, y):
     # x ** y with y recorded; like PyTorch, d/dy is 0 at x == 0 for y >= 0.
     v = math.pow(x, y)
-    dx = 0.0 if y == 0.0 else y * math.pow(x, y - 1.0)
+    # d/dx = y x^(y-1) stays that product at y = 0 (where it is 0), so that its derivative
+    # in y, x^(y-1), matches d2/dxdy (gradients of gradients differentiate this expression);
+    # it is PyTorch's 0 only where the product is 0 * inf or NaN.
+    dx = y * math.pow(x, y - 1.0) if y != 0.0 or (x != 0.0 and x == x) else 0.0
     dxx = 0.0 if y == 0.0 or y == 1.0 else y * (y - 1.0) * math.pow(x, y - 2.0)
     if x > 0.0:
         lx = math.log(x)
@@ -575,9 +578,10 @@ def log_sigmoid(x, y):
 @_op("logaddexp", 2, commutative=True)
 def logaddexp(x, y):
     # log(e^x + e^y) = max + log1p(e^-|x - y|); the partials are the softmax weights of
-    # (x, y), and the Hessian is w_x w_y [[1, -1], [-1, 1]]. Equal arguments (infinities
-    # included) split evenly; NaN propagates.
-    if x > y:
+    # (x, y), and the Hessian is w_x w_y [[1, -1], [-1, 1]]. Equal finite arguments take the
+    # first branch (e = 1), whose weights differentiate to that Hessian; equal infinities
+    # split evenly; NaN propagates.
+    if x > y or (x == y and abs(x) < inf):
         e = math.exp(y - x)
         v = x + math.log1p(e)
         wy = e / (1.0 + e)
@@ -587,7 +591,7 @@ def logaddexp(x, y):
         v = y + math.log1p(e)
         wx = e / (1.0 + e)
         wy = 1.0 / (1.0 + e)
-    elif x == y:
+    elif x == y:  # both +inf or both -inf: y - x would be NaN
         v = x + _LOG2
         wx = wy = 0.5
     else:
