@@ -78,36 +78,38 @@ class HessianVectorProduct(Protocol):
 
 class _Structure:
     """How one call's arguments map onto a tape: the differentiated arguments' shapes and
-    offsets in the input vector, the parameters, and the static arguments."""
+    offsets in the input vector (in argnums order), the parameters, and the static
+    arguments."""
 
     def __init__(self, args, argnums):
         self.argnums = argnums
         self.shapes = {}  # argnum -> shape of a differentiated argument
-        self.kinds = []  # per argument: "x" (differentiated), "p" (parameter) or "s" (static)
-        parts = []
+        self.kinds = []  # per argument: "x" (differentiated), "p" (parameter), a _Tree, or "s" (static)
+        arrays = {}
+        params = []
         for k, arg in enumerate(args):
             if k in argnums:
-                a = _real_array(arg, k, differentiated=True)
+                arrays[k] = a = _real_array(arg, k, differentiated=True)
                 self.shapes[k] = a.shape
-                parts.append(a.ravel())
                 self.kinds.append("x")
             elif isinstance(arg, Value):
                 raise TypeError(f"argument {k} is a Value; transforms take numbers and arrays")
+            elif _is_flag(arg):
+                self.kinds.append("s")  # Python semantics: `if flag:`, `range(n)`
             elif _is_real(arg):
                 self.kinds.append("p")
+                params.append(arg)
+            elif (tree := _Tree.of(arg)) is not None:
+                self.kinds.append(tree)
+                params.extend(tree.leaves)
             else:
                 self.kinds.append("s")
+        parts = [arrays[k].ravel() for k in argnums]
         self.x = np.concatenate(parts) if len(parts) > 1 else parts[0]
         self.sizes = [int(np.prod(self.shapes[k], dtype=np.int64)) for k in argnums]
         self.offsets = np.cumsum([0] + self.sizes)
-        self.params = tuple(arg for arg, kind in zip(args, self.kinds) if kind == "p")
-        self.key = (
-            argnums,
-            tuple(
-                ("x", self.shapes[k]) if kind == "x" else ("p", np.shape(arg)) if kind == "p" else ("s", _static_key(arg))
-                for k, (arg, kind) in enumerate(zip(args, self.kinds))
-            ),
-        )
+        self.params = tuple(params)
+        self.key = (argnums, tuple(_kind_key(arg, kind, self.shapes.get(k)) for k, (arg, kind) in enumerate(zip(args, self.kinds))))
         self.statics = {k: arg for k, (arg, kind) in enumerate(zip(args, self.kinds)) if kind == "s"}
 
     def arguments(self, xs, ps):
@@ -123,6 +125,8 @@ class _Structure:
                 args.append(part[0] if shape == () else part.reshape(shape))
             elif kind == "p":
                 args.append(next(ps))
+            elif isinstance(kind, _Tree):
+                args.append(kind.build(ps))
             else:
                 args.append(self.statics[k])
         return args
@@ -135,6 +139,75 @@ class _Structure:
             part = flat[..., self.offsets[j] : self.offsets[j + 1]].reshape(lead + self.shapes[k])
             parts.append(float(part) if part.ndim == 0 else part)
         return parts
+
+
+def _is_flag(arg):
+    # bools and integers keep Python's meaning for f (branches, counts), as with jax.grad:
+    # they are static (one tape per value), never parameters frozen into one branch.
+    return isinstance(arg, (bool, int, np.bool_, np.integer))
+
+
+def _kind_key(arg, kind, shape):
+    if kind == "x":
+        return ("x", shape)
+    if kind == "p":
+        return ("p", np.shape(arg))
+    if isinstance(kind, _Tree):
+        return ("t", kind.key)
+    return ("s", _static_key(arg))
+
+
+class _Tree:
+    """A dict, list or tuple (nested) of numbers and arrays, as JAX's pytrees: its real
+    leaves are parameters (new numbers at every call, never frozen into the tape), its
+    bools, ints and other hashable leaves static."""
+
+    def __init__(self):
+        self.leaves = []  # the real leaves, in order
+        self.key = None
+
+    @classmethod
+    def of(cls, arg):
+        if not isinstance(arg, (dict, list, tuple)):
+            return None
+        tree = cls()
+        try:
+            tree.shape = tree._flatten(arg)
+        except TypeError:  # an unhashable leaf that is not a real array: static as a whole
+            return None
+        tree.key = tree._key(tree.shape)
+        return tree
+
+    def _flatten(self, node):
+        if isinstance(node, dict):
+            return (dict, tuple((key, self._flatten(v)) for key, v in node.items()))
+        if type(node) in (list, tuple):
+            return (type(node), tuple(self._flatten(v) for v in node))
+        if not _is_flag(node) and _is_real(node):
+            self.leaves.append(node)
+            return ("leaf", np.shape(node))
+        hash(node)
+        return ("static", node)
+
+    def _key(self, shape):
+        kind, content = shape
+        if kind in ("leaf", "static"):
+            return shape
+        return (kind.__name__, tuple(((item[0], self._key(item[1])) if kind is dict else self._key(item)) for item in content))
+
+    def build(self, values):
+        """The tree with its real leaves taken in order from the iterator ``values``."""
+        return self._build(self.shape, values)
+
+    def _build(self, shape, values):
+        kind, content = shape
+        if kind == "leaf":
+            return next(values)
+        if kind == "static":
+            return content
+        if kind is dict:
+            return {key: self._build(item, values) for key, item in content}
+        return kind(self._build(item, values) for item in content)
 
 
 def _is_real(arg):
@@ -235,17 +308,23 @@ def _fill_aux(tree, values):
 
 
 class _Traced:
-    """One TapeFunction for one argument structure, and what the recording learned about
-    f's outputs: their shape, and the aux structure (its Values are extra tape outputs)."""
+    """One TapeFunction for one argument structure, and what the recordings learned about
+    f's outputs: their shape and the aux structure (its Values are extra tape outputs).
+
+    Both may differ between the branches the TapeFunction keeps one tape each for. When
+    they can (aux, or an output that is not one number), every tape ends with one more
+    output, a constant: the index in ``self.shapes`` of what its own recording saw, so a
+    replay of any branch reports that branch's shape and aux."""
 
     def __init__(self, f, structure, has_aux, scalar, retrace):
         self.has_aux = has_aux
-        self.out_shape = None
-        self.aux = None
+        self.shapes = []  # [(output shape, aux tree)], one per distinct recording
         self.m = None  # outputs of f (before the aux Values)
+        tagged = has_aux or not scalar
 
         def flat(xs, *ps):
             result = f(*structure.arguments(xs, ps))
+            aux = None
             if has_aux:
                 if not (isinstance(result, (tuple, list)) and len(result) == 2):
                     raise TypeError("has_aux=True needs f to return a pair (output, aux)")
@@ -257,17 +336,30 @@ class _Traced:
             tree = _flatten_aux(aux, aux_values) if has_aux else None
             if self.m is not None and (len(values), len(aux_values)) != (self.m, self.n_aux):
                 raise ValueError("f returned outputs or aux of another structure on another branch")
-            self.out_shape, self.aux, self.m, self.n_aux = shape, tree, len(values), len(aux_values)
-            # One Value makes a scalar TapeFunction (its fast paths); aux Values follow
-            # f's outputs, and derivatives of the first output are taken by seeding it.
-            return values[0] if shape == () and not aux_values else values + aux_values
+            self.m, self.n_aux = len(values), len(aux_values)
+            if not tagged:
+                self.shapes[:] = [(shape, tree)]
+                # One Value makes a scalar TapeFunction (its fast paths).
+                return values[0] if shape == () else values
+            with self._lock:
+                for tag, seen in enumerate(self.shapes):
+                    if _same(seen, (shape, tree)):
+                        break
+                else:
+                    tag = len(self.shapes)
+                    self.shapes.append((shape, tree))
+            # Aux Values follow f's outputs, then the tag; derivatives of the first output
+            # are taken by seeding it.
+            return values + aux_values + [Value(float(tag))]
 
+        self._lock = threading.Lock()
+        self.tagged = tagged
         program, scalar_tape = record(flat, structure.x, structure.params)
         self.F = TapeFunction(flat, program, scalar_tape, retrace=retrace)
-        self._first = None if scalar_tape else np.eye(1, self.m + self.n_aux).ravel()
+        self._first = None if scalar_tape else np.eye(1, self.m + self.n_aux + tagged).ravel()
 
     def values(self, x, params):
-        """Every tape output at (x, params): f's outputs, then the aux Values."""
+        """Every tape output at (x, params): f's outputs, the aux Values, the tag."""
         return np.atleast_1d(self.F(x, *params))
 
     def value_and_grad(self, x, params):
@@ -283,12 +375,32 @@ class _Traced:
     def hvp(self, x, v, params):
         return self.F.hvp(x, v, *params, weights=self._first)
 
-    def output(self, values):
+    def seed(self, u):
+        """Weights on every tape output: u on f's outputs, zero on the aux and the tag."""
+        w = np.zeros(self.m + self.n_aux + self.tagged)
+        w[: self.m] = np.ravel(np.asarray(u, dtype=np.float64))
+        return w
+
+    def shape_at(self, x, params, values=None):
+        """(output shape, aux tree) of the branch that (x, params) replays."""
+        if len(self.shapes) == 1:
+            return self.shapes[0]
+        values = self.values(x, params) if values is None else values
+        return self.shapes[int(values[-1])]
+
+    def output(self, values, shape):
         out = values[: self.m]
-        return float(out[0]) if self.out_shape == () else out.reshape(self.out_shape)
+        return float(out[0]) if shape == () else out.reshape(shape)
 
     def aux_at(self, values):
-        return _fill_aux(self.aux, values[self.m :])
+        return _fill_aux(self.shapes[int(values[-1])][1], values[self.m : self.m + self.n_aux])
+
+
+def _same(a, b):
+    try:
+        return bool(a == b) and repr(a) == repr(b)  # 1 == 1.0 == True: keep their types apart
+    except Exception:  # noqa: BLE001 - incomparable statics: another structure
+        return False
 
 
 class _Transform:
@@ -425,7 +537,8 @@ class _Jacobian(_Transform):
     def __call__(self, *args: Any) -> Any:
         s, t = self._prepare(args)
         jac = np.asarray(t.F.jacobian(s.x, *s.params)).reshape(-1, s.x.size)[: t.m]
-        return self._with_aux(self._result(s.split(jac, t.out_shape)), t, s)
+        shape, _ = t.shape_at(s.x, s.params)
+        return self._with_aux(self._result(s.split(jac, shape)), t, s)
 
 
 class _Hessian(_Transform):
@@ -576,7 +689,8 @@ def jvp(
     v = np.concatenate([np.asarray(tangent, dtype=np.float64).reshape(-1) for tangent in tangents])
     values, dots = t.F.jvp(s.x, v, *s.params)
     values, dots = np.atleast_1d(values), np.atleast_1d(dots)
-    result = t.output(values), t.output(dots)
+    shape, _ = t.shape_at(s.x, s.params, values)
+    result = t.output(values, shape), t.output(dots, shape)
     return (*result, t.aux_at(values)) if has_aux else result
 
 
@@ -595,15 +709,14 @@ def vjp(
     """
     s, t = _Jacobian(f, tuple(range(len(primals))), has_aux, "auto")._prepare(primals)
     values = t.values(s.x, s.params)
+    shape, _ = t.shape_at(s.x, s.params, values)
 
     def pullback(u: ArrayLike) -> tuple[Output, ...]:
-        if np.shape(u) != t.out_shape:
-            raise ValueError(f"the cotangent has shape {np.shape(u)}; f's output has shape {t.out_shape}")
-        seed = np.zeros(t.m + t.n_aux)
-        seed[: t.m] = np.ravel(np.asarray(u, dtype=np.float64))
-        _, g = t.F.vjp(s.x, seed, *s.params)
+        if np.shape(u) != shape:
+            raise ValueError(f"the cotangent has shape {np.shape(u)}; f's output has shape {shape}")
+        _, g = t.F.vjp(s.x, t.seed(u), *s.params)
         return tuple(s.split(g))
 
-    result = t.output(values), pullback
+    result = t.output(values, shape), pullback
     return (*result, t.aux_at(values)) if has_aux else result
 
