@@ -2,10 +2,11 @@
 ``TapeFunction`` per argument structure (which arguments are differentiated, their shapes,
 the parameters' shapes), and replay it afterwards.
 
-Arguments named by ``argnums`` are differentiated: they are flattened and concatenated into
-the one input vector of the tape. Every other argument that is a number or a real array is
-a *parameter* (it may change between calls without re-recording and gets no derivative);
-anything else (a string, a callable, None) is static: part of the cache key, passed as is.
+Arguments named by ``argnums`` are differentiated: they are flattened and concatenated, in
+argnums order, into the one input vector of the tape. Every other argument that is a float
+or a real array, or a dict, list or tuple of them, is a *parameter* (it may change between
+calls, in place too, without re-recording, and gets no derivative); bools, ints and anything
+else (a string, a callable, None) are static: part of the cache key, passed as is.
 
 Types: with the default ``argnums=0`` and no aux, the transforms' results are typed from the
 first argument (a float gives a float, an array an ``NDArray[np.float64]``); a tuple of
@@ -24,6 +25,7 @@ from numpy.typing import ArrayLike, NDArray
 from .trace import TapeFunction, record
 from .value import Value, gradients
 
+MAX_STRUCTURES = 256  # argument structures (static values included) one transform keeps traced
 Retrace: TypeAlias = Literal["auto", "raise"]
 # A point as the transforms take it: an array of reals, or a nested list of them.
 Point: TypeAlias = "NDArray[np.floating[Any]] | NDArray[np.integer[Any]] | Sequence[float] | Sequence[Sequence[float]]"
@@ -429,6 +431,8 @@ class _Transform:
             t = _Traced(self._f, s, self._has_aux, self._scalar, self._retrace)
             with self._lock:
                 t = self._traced.setdefault(s.key, t)
+                while len(self._traced) > MAX_STRUCTURES:  # oldest first: ints and flags are static
+                    del self._traced[next(iter(self._traced))]
         return s, t
 
     def _result(self, parts):
