@@ -333,7 +333,7 @@ class _Plan:
         return local
 
 
-def _source(plan, out, inputs, params):
+def _source(plan, outputs, inputs, params):
     """Python source of the generated module (functions undecorated: see ``_module``).
 
     ``replay`` writes every value and partial, as kernels.replay does. ``value_and_grad``
@@ -347,7 +347,9 @@ def _source(plan, out, inputs, params):
     # Global arrays are constants to Numba: the entry point passes them without arguments.
     lines.append(f"INPUTS = {_index_array(inputs)}")
     lines.append(f"PARAMS = {_index_array(params)}")
+    lines.append(f"OUTPUTS = {_index_array(outputs)}")
     lines.append("")
+    out = int(outputs[0])
     last = len(plan.chunks) - 1
     fused = last >= 0 and not _computes_in_loops(plan.chunks[last])
     for k, chunk in enumerate(plan.chunks):
@@ -410,6 +412,21 @@ def _source(plan, out, inputs, params):
     lines.append("    if value_and_grad(val, work[1], work[2], work[3], work[4], INPUTS, PARAMS, x, p, grad) >= 0:")
     lines.append("        return np.nan")
     lines.append(f"    return float(val[{out}])")
+    lines.append("")
+    # Batches (item 4, without lanes yet): one replay, or replay and sweep, per point in one
+    # compiled call; P holds one row of parameters shared by all points or one per point.
+    lines.append("def batch(work, X, P, want_grad, values, grads, failed):")
+    lines.append("    val, da, db, adj, c = work[0], work[1], work[2], work[3], work[4]")
+    lines.append("    for k in range(X.shape[0]):")
+    lines.append("        p = P[0] if P.shape[0] == 1 else P[k]")
+    lines.append("        if want_grad:")
+    lines.append("            f = value_and_grad(val, da, db, adj, c, INPUTS, PARAMS, X[k], p, grads[k])")
+    lines.append("        else:")
+    lines.append("            f = replay(val, da, db, adj, c, INPUTS, PARAMS, X[k], p)")
+    lines.append("        failed[k] = f")
+    lines.append("        if f < 0:")
+    lines.append("            for j in range(OUTPUTS.shape[0]):")
+    lines.append("                values[k, j] = val[OUTPUTS[j]]")
     lines.append("")
     return "\n".join(lines)
 
@@ -587,7 +604,7 @@ def generate(op, a, b, outputs, inputs, params):
     """(source, summary) of the generated module for a program's structure."""
     rr = reroll(op, a, b)
     plan = _Plan(rr, op, a, b, outputs)
-    source = _source(plan, int(outputs[0]), inputs, params)
+    source = _source(plan, outputs, inputs, params)
     return source, {**rr.summary(), "functions": source.count("\ndef ")}
 
 
@@ -630,6 +647,8 @@ class Compiled:
         # entry(work rows, x, [p,] grad) -> f, or NaN where a guard failed
         self.params = bool(summary["params"])
         self.entry = direct(module.entry, ENTRY_TYPES if self.params else ENTRY_TYPES[:2] + ENTRY_TYPES[3:])
+        # batch(work rows, X (K, n), P (1 or K, p), want_grad, values (K, m), grads (K, n), failed (K,))
+        self.batch = module.batch
         self.compile_s = None
 
     def replay(self, program, w, x, p):
@@ -706,6 +725,13 @@ def _warm(key, module, summary, path, const, value, inputs, params, outputs):
     p = np.ascontiguousarray(val[params], dtype=np.float64)
     grad = np.empty(inputs.shape[0])
     module.value_and_grad(val, da, db, adj, const, inputs, params, x, p, grad)
+    # The batch function, compiled here for the types TapeFunction._batched passes.
+    work = np.zeros((5, n))
+    work[0] = value
+    work[4] = const
+    values = np.empty((1, outputs.shape[0]))
+    failed = np.empty(1, dtype=np.int64)
+    module.batch(work, x[None, :].copy(), p[None, :].copy(), True, values, grad[None, :].copy(), failed)
     return compiled
 
 
