@@ -232,3 +232,179 @@ def test_vjp_pullback_keeps_its_point():
     x[0] = 10.0
     (g,) = pullback(np.array([1.0, 0.0]))
     np.testing.assert_array_equal(g, [2.0, 1.0])
+
+
+# --- argnums not in increasing order (fixed in 57bb43c; was silently wrong) --------------
+# A JAX user writes jax.grad(f, argnums=(1, 0))(x, y) and gets (df/dy, df/dx) at (x, y).
+# jitad used to concatenate the differentiated arguments in argument order but slice them
+# in argnums order: f ran at a shuffled point and every number (the value too) was wrong.
+
+
+def _f_xy(x, y):
+    return jitad.sin(x[0]) * y + x[1] ** 2 * y**2
+
+
+_X = np.array([0.5, 2.0])
+_Y = 3.0
+# analytic: f = sin(x0) y + x1^2 y^2
+_VALUE = math.sin(0.5) * 3.0 + 4.0 * 9.0
+_DX = np.array([math.cos(0.5) * 3.0, 2 * 2.0 * 9.0])
+_DY = math.sin(0.5) + 2 * 4.0 * 3.0
+
+
+def test_grad_argnums_in_decreasing_order_gives_gradients_in_that_order_at_the_right_point():
+    dy, dx = jitad.grad(_f_xy, argnums=(1, 0))(_X, _Y)  # jax.grad: (24.4794..., [2.6327..., 36.])
+    assert dy == pytest.approx(_DY, rel=1e-12)
+    np.testing.assert_allclose(dx, _DX, rtol=1e-12)
+
+
+def test_value_and_grad_argnums_in_decreasing_order_has_the_right_value():
+    value, (dy, dx) = jitad.value_and_grad(_f_xy, argnums=(1, 0))(_X, _Y)
+    assert value == pytest.approx(_VALUE, rel=1e-12)  # was 2.7046..., f at a shuffled point
+    assert dy == pytest.approx(_DY, rel=1e-12)
+    np.testing.assert_allclose(dx, _DX, rtol=1e-12)
+
+
+def test_grad_argnums_in_decreasing_order_scalars():
+    # h(a, b) = a b^2 at (2, 3): dh/db = 2ab = 12, dh/da = b^2 = 9; jitad gave (12.0, 4.0) before the fix
+    db, da = jitad.grad(lambda a, b: a * b**2, argnums=(1, 0))(2.0, 3.0)
+    assert (db, da) == (12.0, 9.0)
+
+
+def test_jacobian_and_hessian_argnums_in_decreasing_order():
+    dy, dx = jitad.jacobian(_f_xy, argnums=(1, 0))(_X, _Y)
+    assert dy == pytest.approx(_DY, rel=1e-12)
+    np.testing.assert_allclose(dx, _DX, rtol=1e-12)
+    (hyy, hyx), (hxy, hxx) = jitad.hessian(_f_xy, argnums=(1, 0))(_X, _Y)
+    assert hyy == pytest.approx(2 * 2.0**2)  # d2f/dy2 = 2 x1^2 = 8
+    np.testing.assert_allclose(hyx, [math.cos(0.5), 4 * 2.0 * 3.0], rtol=1e-12)
+    np.testing.assert_allclose(hxy, [math.cos(0.5), 4 * 2.0 * 3.0], rtol=1e-12)
+    np.testing.assert_allclose(hxx, [[-math.sin(0.5) * 3.0, 0.0], [0.0, 2 * 9.0]], rtol=1e-12)
+
+
+# --- a dict of data updated in place (fixed in 57bb43c; was silently wrong) -------------
+# A JAX user passes data as a pytree (jax.grad(loss)(w, {"X": X, "y": y})). jitad used to
+# treat the dict as static, cache on id(dict) and freeze its numbers into the tape, so
+# refilling the same minibatch buffers returned the first call's gradient. Reference: the
+# closed form 2 X^T (X w - y).
+
+
+def test_dict_argument_updated_in_place_is_not_answered_from_the_old_data():
+    def loss(w, data):
+        X, y = data["X"], data["y"]
+        return sum((X[i] @ w - y[i]) ** 2 for i in range(len(y)))
+
+    X = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    y = np.array([1.0, 2.0, 3.0])
+    data = {"X": X, "y": y}
+    w = np.array([0.1, 0.2])
+    g = jitad.grad(loss)
+    np.testing.assert_allclose(g(w, data), 2 * X.T @ (X @ w - y), rtol=1e-12)
+    X *= 2.0  # the next minibatch, written into the same buffers
+    y[:] = 0.0
+    # was [-19.4, -24.8], the first minibatch's gradient
+    np.testing.assert_allclose(g(w, data), 2 * X.T @ (X @ w - y), rtol=1e-12)
+
+
+def test_dict_of_numbers_mutated_between_calls():
+    g = jitad.grad(lambda x, d: x**2 * d["a"])
+    d = {"a": 1.0}
+    assert g(2.0, d) == 4.0
+    d["a"] = 5.0
+    assert g(2.0, d) == 20.0  # was 4.0
+
+
+# --- a bool flag argument selects the branch (fixed in 57bb43c/eaa8af6; was 4.0) ---------
+# jax.grad(f)(2.0, False) runs f with flag=False (12.0 here). jitad used to record `flag`
+# as a parameter Value and replay the first call's branch. Bools and ints are static now.
+
+
+@pytest.mark.filterwarnings("ignore::jitad.UnguardedConversionWarning")
+def test_bool_flag_argument_selects_the_branch_on_every_call():
+    g = jitad.grad(lambda x, flag: x**2 if flag else x**3)
+    assert g(2.0, True) == 4.0
+    assert g(2.0, False) == 12.0  # was 4.0
+
+
+# --- has_aux / output shape follow the replayed branch (fixed in 57bb43c) ---------------
+# A transform keeps one tape per branch; the aux structure and f's output shape used to
+# be those of the branch recorded last, so replaying an older branch reported the newest
+# branch's aux (an iteration count of 8 instead of 5) and shape. jax returns f's own aux.
+
+
+def test_aux_of_a_replayed_branch_is_that_branch_aux():
+    def newton_sqrt(a):  # aux: the iteration count, a Python int
+        y, k = a, 0
+        while abs(y * y - a) > 1e-10:
+            y = 0.5 * (y + a / y)
+            k += 1
+        return y, k
+
+    vg = jitad.value_and_grad(newton_sqrt, has_aux=True)
+    (_, k4), _ = vg(4.0)
+    assert k4 == 5
+    vg(100.0)  # another branch (more iterations): re-recorded
+    (y, k), dy = vg(4.0)  # replays the first tape
+    assert y == pytest.approx(2.0) and dy == pytest.approx(0.25)
+    assert k == 5  # was 8, the iteration count at 100.0
+
+
+def test_aux_labels_follow_the_branch():
+    def f(x):
+        if x > 0:
+            return x**2, "positive"
+        return x**3, "negative"
+
+    g = jitad.grad(f, has_aux=True)
+    assert g(2.0) == (4.0, "positive")
+    assert g(-2.0) == (12.0, "negative")
+    assert g(3.0) == (6.0, "positive")  # was (6.0, 'negative')
+
+
+def test_jacobian_shape_follows_the_branch():
+    def h(x):
+        if x[0] > 0:
+            return np.array([[x[0], x[1]], [x[0] * x[1], x[1]]])
+        return [x[0], x[1], x[0] * x[1], x[1]]
+
+    J = jitad.jacobian(h)
+    assert J(np.array([1.0, 2.0])).shape == (2, 2, 2)
+    assert J(np.array([-1.0, 2.0])).shape == (4, 2)
+    assert J(np.array([1.0, 2.0])).shape == (2, 2, 2)  # was (4, 2)
+
+
+
+
+def test_int_argument_keeps_its_python_meaning():
+    g = jitad.grad(lambda x, n: sum(x**k for k in range(n)))  # range(n), as in jax.grad
+    assert g(2.0, 3) == 1.0 + 2 * 2.0  # d/dx (1 + x + x^2)
+    assert g(2.0, 4) == 1.0 + 2 * 2.0 + 3 * 4.0
+    gn = jitad.grad(lambda x, n: x**2 / n)
+    assert [gn(3.0, n) for n in (1, 2, 3)] == [6.0, 3.0, 2.0]
+
+
+def test_list_and_array_parameters_mutated_in_place():
+    gl = jitad.grad(lambda x, coeffs: x * coeffs[0])
+    coeffs = [1.0, 2.0]
+    assert gl(2.0, coeffs) == 1.0
+    coeffs[0] = 5.0
+    assert gl(2.0, coeffs) == 5.0
+    ga = jitad.grad(lambda x, arr: x * arr[0])
+    arr = np.array([1.0])
+    assert ga(2.0, arr) == 1.0
+    arr[0] = 7.0
+    assert ga(2.0, arr) == 7.0
+
+
+def test_hvp_with_argnums_in_decreasing_order_against_torch():
+    def g(a, B, c, lib=jitad):
+        return (a * (B @ c)).sum() + lib.sin(c[0]) * a[1]
+
+    a, B, c = np.array([1.0, 2.0]), np.arange(6.0).reshape(2, 3), np.array([0.5, -1.0, 2.0])
+    vb, va = np.ones_like(B), np.array([1.0, -1.0])
+    hb, ha = jitad.hvp(g, argnums=(1, 0))(a, (vb, va), B, c)
+    tH = torch_func.hessian(lambda a, B, c: g(a, B, c, lib=torch), argnums=(1, 0))(_t(a), _t(B), _t(c))
+    want_b = np.tensordot(tH[0][0].numpy(), vb, axes=2) + np.tensordot(tH[0][1].numpy(), va, axes=1)
+    want_a = np.tensordot(tH[1][0].numpy(), vb, axes=2) + tH[1][1].numpy() @ va
+    np.testing.assert_allclose(hb, want_b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ha, want_a, rtol=1e-12, atol=1e-12)
