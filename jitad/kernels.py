@@ -482,7 +482,8 @@ def compressed_hessian(
     op, a, b, c, val, da, db, adj, inputs, params, x, p, outputs, weights, flags, tangents, src_colour, src_row,
     dot, adj_dot, data,
 ):
-    """Replay at (x, p) (return the first failed guard, or -1), then the nonzeros of the
+    """Replay at (x, p) (return the first failed guard, -2 for a partial that is not
+    finite, or -1), then the nonzeros of the
     weighted Hessian: data[q] = (H s_c)[src_row[q]] for c = src_colour[q], s_c the indicator
     of the columns of colour c (no two of which share a nonzero row). ``hvp_sweep`` with one
     tangent lane per colour, restricted by the tape's structure (sparse.py's plan): only the
@@ -494,8 +495,13 @@ def compressed_hessian(
     failed = replay(op, a, b, c, val, da, db, inputs, params, x, p)
     if failed >= 0:
         return failed
-    L = dot.shape[1]
     last = outputs.max()
+    for i in range(last + 1):
+        if not (np.isfinite(da[i]) and np.isfinite(db[i])):
+            # An infinite or NaN partial (sqrt at 0): colours could add up what the dense
+            # sweeps keep apart (inf - inf), so the caller computes the dense Hessian.
+            return -2
+    L = dot.shape[1]
     for t in range(tangents.shape[0]):
         i = tangents[t]
         ia = a[i]

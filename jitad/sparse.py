@@ -325,7 +325,26 @@ def _compressed_hessian(program, w, which, seeds, x, p):
         program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj, program.inputs, program.params,
         x, p, plan.outputs, seeds, plan.flags, plan.tangents, plan.src_colour, plan.src_row, dot, adj_dot, data,
     )  # fmt: skip
+    if failed == SINGULAR:
+        return SINGULAR
     return None if failed >= 0 else _csr_like(plan.template, data)
+
+
+SINGULAR = -2  # the compressed sweep's answer when a partial is infinite or NaN
+
+
+def _singular(F, program, x, args, which, weights):
+    """The Hessian on its sparsity pattern, computed the dense way (one forward-over-reverse
+    sweep per input, symmetrized): where a partial is infinite or NaN, dense and sparse
+    results must still be the same numbers, NaNs included."""
+    if weights is None:
+        dense = F.hessian(x, *args)
+    else:
+        rows = [weighted_hvp(F, x, e, args, weights) for e in np.eye(F._n)]
+        dense = 0.5 * (np.array(rows) + np.array(rows).T)
+    template = _hessian_plan(program, which).template
+    rows = np.repeat(np.arange(template.shape[0]), np.diff(template.indptr))
+    return _csr_like(template, dense[rows, template.indices])
 
 
 def _with_tangents(F, x, args):
@@ -362,11 +381,15 @@ def hessian(F, x, args, weights=None):
     if exact is not None and not debug.enabled():
         program = F._last
         h = _compressed_hessian(program, F._work(program), which, seeds, *exact)
+        if h is SINGULAR:
+            return _singular(F, program, x, args, which, weights)
         if h is not None:
             return h
     program, w = F._run(x, args)
     # the same bits as given: replay wrote x and the parameters there
     h = _compressed_hessian(program, w, which, seeds, w.val[program.inputs], w.val[program.params])
+    if h is SINGULAR:
+        return _singular(F, program, x, args, which, weights)
     if h is None:
         raise RuntimeError("jitad bug: the tape just replayed at x fails a guard when replayed there again")
     return h
@@ -400,9 +423,14 @@ def _jacobian_plan(program):
 
 
 def jacobian(F, x, args):
-    """F's (m, n) Jacobian at x as a csr_array: one tangent sweep per colour of columns."""
+    """F's (m, n) Jacobian at x as a csr_array: one tangent sweep per colour of columns.
+    Where a partial is infinite or NaN, the dense Jacobian's reverse sweeps instead (see
+    ``TapeFunction.jacobian``), so both give the same numbers."""
     program, w = F._run(x, args)
     pattern, colour, rows, by_colour, template = _jacobian_plan(program)
+    if not (np.isfinite(w.da).all() and np.isfinite(w.db).all()):
+        dense = np.atleast_2d(F.jacobian(x, *args))
+        return _csr_like(template, dense[rows, pattern.indices])
     data = np.empty(pattern.indices.size)
     dot = np.empty(len(program))
     out_rows = program.outputs[rows]

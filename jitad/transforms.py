@@ -15,6 +15,7 @@ argnums or ``has_aux=True`` gives results typed ``Any``.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol, TypeAlias, overload
@@ -112,7 +113,7 @@ class _Structure:
         self.offsets = np.cumsum([0] + self.sizes)
         self.params = tuple(params)
         self.key = (argnums, tuple(_kind_key(arg, kind, self.shapes.get(k)) for k, (arg, kind) in enumerate(zip(args, self.kinds))))
-        self.statics = {k: arg for k, (arg, kind) in enumerate(zip(args, self.kinds)) if kind == "s"}
+        self.statics = {k: _frozen(arg) for k, (arg, kind) in enumerate(zip(args, self.kinds)) if kind == "s"}
 
     def arguments(self, xs, ps):
         """The arguments of f while recording: slices of the input Values ``xs`` shaped as
@@ -144,9 +145,27 @@ class _Structure:
 
 
 def _is_flag(arg):
-    # bools and integers keep Python's meaning for f (branches, counts), as with jax.grad:
-    # they are static (one tape per value), never parameters frozen into one branch.
-    return isinstance(arg, (bool, int, np.bool_, np.integer))
+    # Bools and integers keep their meaning for f (branches, counts, indices and masks), as
+    # with jax.grad: they are static (one tape per value), never parameters frozen into
+    # one branch or Values that cannot index.
+    if isinstance(arg, (bool, int, np.bool_, np.integer)):
+        return True
+    if isinstance(arg, (np.ndarray, list, tuple)):
+        try:
+            return np.asarray(arg).dtype.kind in "biu"
+        except (ValueError, TypeError):  # ragged: a tree, not an array
+            return False
+    return False
+
+
+def _frozen(arg):
+    """A static argument as kept for recording again: a copy of an array or list, so that
+    changing the caller's afterwards cannot change what its key says it holds."""
+    if isinstance(arg, np.ndarray):
+        return arg.copy()
+    if isinstance(arg, list):
+        return copy.deepcopy(arg)
+    return arg
 
 
 def _kind_key(arg, kind, shape):
@@ -188,13 +207,15 @@ class _Tree:
         if not _is_flag(node) and _is_real(node):
             self.leaves.append(node)
             return ("leaf", np.shape(node))
-        hash(node)
-        return ("static", node)
+        _static_key(node, strict=True)
+        return ("static", _frozen(node))
 
     def _key(self, shape):
         kind, content = shape
-        if kind in ("leaf", "static"):
+        if kind == "leaf":
             return shape
+        if kind == "static":
+            return (kind, _static_key(content))
         return (kind.__name__, tuple(((item[0], self._key(item[1])) if kind is dict else self._key(item)) for item in content))
 
     def build(self, values):
@@ -228,12 +249,25 @@ def _real_array(arg, k, differentiated):
     return a.astype(np.float64)
 
 
-def _static_key(arg):
+def _static_key(arg, strict=False):
+    """A static argument in a cache key: itself when hashable, an array's (or a list of
+    numbers') contents, else its identity (the cache entry keeps it alive, so the id is
+    not reused); ``strict`` raises TypeError instead of keying by identity."""
     try:
         hash(arg)
         return arg
     except TypeError:
-        return id(arg)
+        pass
+    if isinstance(arg, (np.ndarray, list)):
+        try:
+            a = np.asarray(arg)
+            if a.dtype.kind in "biuf":
+                return ("array", type(arg).__name__, a.dtype.str, a.shape, a.tobytes())
+        except (ValueError, TypeError):
+            pass
+    if strict:
+        raise TypeError(f"unhashable static {type(arg).__name__}")
+    return ("id", id(arg))
 
 
 def _argnums(argnums):
@@ -460,14 +494,20 @@ def _rebuild(cls, f, argnums, has_aux, retrace):
 
 
 def _holds_values(args):
-    return any(
-        isinstance(a, Value) or (isinstance(a, (list, tuple, np.ndarray)) and _any_value(np.asarray(a, dtype=object)))
-        for a in args
-    )
-
-
-def _any_value(a):
-    return any(isinstance(v, Value) for v in a.flat)
+    # Walked, not converted: np.asarray of a ragged (X, y) pair raises.
+    stack = list(args)
+    while stack:
+        a = stack.pop()
+        if isinstance(a, Value):
+            return True
+        if isinstance(a, np.ndarray):
+            if a.dtype == object:
+                stack.extend(a.flat)
+        elif isinstance(a, (list, tuple)):
+            stack.extend(a)
+        elif isinstance(a, dict):
+            stack.extend(a.values())
+    return False
 
 
 def _box(arg):
@@ -540,7 +580,8 @@ class _Jacobian(_Transform):
 
     def __call__(self, *args: Any) -> Any:
         s, t = self._prepare(args)
-        jac = np.asarray(t.F.jacobian(s.x, *s.params)).reshape(-1, s.x.size)[: t.m]
+        jac = np.asarray(t.F.jacobian(s.x, *s.params))
+        jac = (jac.reshape(1, -1) if jac.ndim == 1 else jac)[: t.m]  # (outputs, inputs), inputs may be 0
         shape, _ = t.shape_at(s.x, s.params)
         return self._with_aux(self._result(s.split(jac, shape)), t, s)
 
