@@ -372,6 +372,8 @@ class _Traced:
             tree = _flatten_aux(aux, aux_values) if has_aux else None
             if self.m is not None and (len(values), len(aux_values)) != (self.m, self.n_aux):
                 raise ValueError("f returned outputs or aux of another structure on another branch")
+            if not values:
+                raise ValueError("f returned no output Values")
             self.m, self.n_aux = len(values), len(aux_values)
             if not tagged:
                 self.shapes[:] = [(shape, tree)]
