@@ -408,3 +408,85 @@ def test_hvp_with_argnums_in_decreasing_order_against_torch():
     want_a = np.tensordot(tH[1][0].numpy(), vb, axes=2) + tH[1][1].numpy() @ va
     np.testing.assert_allclose(hb, want_b, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(ha, want_a, rtol=1e-12, atol=1e-12)
+
+
+# --- sparse=True equals dense at a singular partial (fixed in 034f526; was NaN vs 0) ------
+# README: forward-mode Jacobians fall back to reverse sweeps where a local partial is not
+# finite, so `a - a` with a = sqrt(x) at x = 0 differentiates to 0 "both ways". The dense
+# F.jacobian follows that (0.0); F.jacobian(x, sparse=True), which a trust-constr user
+# swaps in for speed, returned NaN there, and F.hessian dense and sparse differed the same
+# way (NaN vs 0.0 off the diagonal). Expected: sparse.toarray() == dense, NaNs included.
+
+
+def _a_minus_a(x):
+    a = jitad.sqrt(x[0])
+    return [a - a + x[1], 2 * x[0], x[1]]
+
+
+def test_sparse_jacobian_equals_dense_at_sqrt_zero():
+    G = jitad.trace(_a_minus_a, np.array([1.0, 1.0]))
+    x = np.array([0.0, 1.0])
+    dense = G.jacobian(x)
+    np.testing.assert_array_equal(dense, [[0.0, 1.0], [2.0, 0.0], [0.0, 1.0]])  # as documented
+    np.testing.assert_array_equal(G.jacobian(x, sparse=True).toarray(), dense)  # was nan at [0, 0]
+
+
+def test_sparse_hessian_equals_dense_at_sqrt_zero():
+    def f(x):
+        a = jitad.sqrt(x[0])
+        return (a - a) * x[1] + x[1] ** 2
+
+    F = jitad.trace(f, np.array([1.0, 1.0]))
+    x = np.array([0.0, 1.0])
+    # was: dense [[0, nan], [nan, 2]], sparse [[0, 0], [0, 2]]
+    np.testing.assert_array_equal(F.hessian(x, sparse=True).toarray(), F.hessian(x))
+# --- a tuple/list pytree of differently shaped arrays (fixed in 034f526; crashed) --------
+# The docs (eaa8af6) say a dict, list or tuple of real arrays is a parameter (JAX's
+# pytrees). The commonest one, data = (X, y) with X (K, n) and y (K,), crashed before f
+# ran, in transforms._holds_values: np.asarray((X, y), dtype=object) raised NumPy's
+# "could not broadcast input array from shape (3,2) into shape (3,)". The same data as a
+# dict worked. Reference: the closed form 2 X^T (X w - y).
+
+
+def _lsq(w, data):
+    X, y = data
+    return sum((X[i] @ w - y[i]) ** 2 for i in range(len(y)))
+
+
+@pytest.mark.parametrize("container", [tuple, list])
+def test_tuple_or_list_of_differently_shaped_arrays_is_a_parameter(container):
+    X = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    y = np.array([1.0, 2.0, 3.0])
+    w = np.array([0.1, 0.2])
+    np.testing.assert_allclose(jitad.grad(_lsq)(w, container((X, y))), 2 * X.T @ (X @ w - y), rtol=1e-12)
+
+
+# --- integer index arrays and boolean masks as data arguments (fixed in 034f526) --------
+# A JAX user passes the indices of a minibatch or a mask as a non-differentiated argument:
+# jax.grad(lambda x, idx: (x[idx] ** 2).sum())(x, np.array([0, 2])) is [2, 0, 6].
+# jitad used to make int and bool arrays parameters (Values), and indexing with them
+# raised NumPy's "arrays used as indices must be of integer (or boolean) type".
+
+
+def test_integer_index_array_argument():
+    g = jitad.grad(lambda x, idx: (x[idx] ** 2).sum())
+    x = np.array([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(g(x, np.array([0, 2])), [2.0, 0.0, 6.0])
+    np.testing.assert_array_equal(g(x, np.array([1, 2])), [0.0, 4.0, 6.0])
+
+
+def test_boolean_mask_argument():
+    g = jitad.grad(lambda x, mask: (x[mask] ** 2).sum())
+    x = np.array([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(g(x, np.array([True, False, True])), [2.0, 0.0, 6.0])
+
+
+# --- jacobian of a function of an empty input (fixed in 034f526; crashed) ---------------
+# jax.jacobian(lambda x: jnp.array([2., 1.]))(jnp.zeros(0)).shape == (2, 0); jitad's
+# jacobian transform crashed inside with "cannot reshape array of size 0 into shape (0)"
+# (F.jacobian on the same tape returns the (2, 0) array).
+
+
+def test_jacobian_transform_of_empty_input():
+    J = jitad.jacobian(lambda x: [jitad.Value(2.0), jitad.Value(1.0)])(np.zeros(0))
+    assert J.shape == (2, 0)
