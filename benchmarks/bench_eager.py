@@ -5,7 +5,7 @@ tape, Rosenbrock n=1000 recorded and swept in a loop, and the seeds' 20-op graph
     python -m benchmarks.bench_eager [--steps 40] [--label after]
 
 Run it with ``PYTHONPATH`` pointing at another checkout of jitad to measure that one
-(``--label before``); the table it prints goes into benchmarks/RESULTS.md.
+(``--label before``); the table it prints goes into benchmarks/RESULTS_eager.md.
 """
 
 import argparse
