@@ -3,12 +3,17 @@ contiguous arrays plus its inputs, parameters, outputs and guards), and ``TapeFu
 replays it in Numba at new points, re-recording when a guarded branch goes the other way.
 """
 
+from __future__ import annotations
+
 import contextlib
 import itertools
 import numbers
+import os
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numba
 import numpy as np
@@ -275,7 +280,7 @@ class TapeFunction:
         self.retraces = 0  # how many times f was recorded again after a branch change
 
     @property
-    def tape(self):
+    def tape(self) -> Program:
         """The most recently used recorded program."""
         with self._lock:
             return next(reversed(self._programs.values()))
@@ -285,7 +290,7 @@ class TapeFunction:
         return f"<jitad.TapeFunction of {name}: {len(self.tape)} entries, {len(self._programs)} branch(es)>"
 
     # persistence: the tape arrays only, validated on the way in (see io.py) --------------
-    def save(self, path):
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the tape to ``path`` as a NumPy ``.npz`` archive (no pickle)."""
         from .io import save
 
@@ -397,7 +402,7 @@ class TapeFunction:
         )
 
     # public evaluation -----------------------------------------------------------------
-    def __call__(self, x, *args):
+    def __call__(self, x: ArrayLike, *args: ArrayLike) -> Any:
         program, w = self._run(x, args)
         out = w.val[program.outputs]
         return float(out[0]) if self._scalar else out
@@ -408,11 +413,11 @@ class TapeFunction:
                 f"{what} needs a function with one Value output; this one returns a sequence (use jacobian)"
             )
 
-    def value_and_grad(self, x, *args):
+    def value_and_grad(self, x: ArrayLike, *args: ArrayLike) -> tuple[float, NDArray[np.float64]]:
         """(f(x), ∇f(x)): one replay and one reverse sweep."""
         return self._value_and_grad(x, args)
 
-    def grad(self, x, *args):
+    def grad(self, x: ArrayLike, *args: ArrayLike) -> NDArray[np.float64]:
         """∇f(x) as an ndarray of shape (n,)."""
         return self._value_and_grad(x, args)[1]
 
@@ -470,7 +475,7 @@ class TapeFunction:
         self._local.hot = (key, *hot[1:])
         return hot
 
-    def jacobian(self, x, *args, sparse=False):
+    def jacobian(self, x: ArrayLike, *args: ArrayLike, sparse: bool = False) -> Any:
         """The (m, n) Jacobian: m reverse sweeps, or n tangent sweeps when n < m. With
         ``sparse=True`` a ``scipy.sparse.csr_array`` (m, n), exact, by one tangent sweep per
         colour of the columns of its sparsity pattern (see ``jacobian_sparsity``)."""
@@ -492,7 +497,7 @@ class TapeFunction:
             kernels.jacobian_reverse(program.a, program.b, w.da, w.db, w.adj, program.inputs, program.outputs, jac)
         return jac[0] if self._scalar else jac
 
-    def jvp(self, x, v, *args):
+    def jvp(self, x: ArrayLike, v: ArrayLike, *args: ArrayLike) -> tuple[Any, Any]:
         """(f(x), J v): one replay and one tangent sweep (forward mode); floats for a scalar f."""
         program, w = self._run(x, args)
         v = _as_vector(v, self._n, "v")
@@ -502,7 +507,7 @@ class TapeFunction:
         values, dots = w.val[program.outputs], dot[program.outputs]
         return (float(values[0]), float(dots[0])) if self._scalar else (values.copy(), dots)
 
-    def vjp(self, x, u, *args):
+    def vjp(self, x: ArrayLike, u: ArrayLike, *args: ArrayLike) -> tuple[Any, NDArray[np.float64]]:
         """(f(x), u^T J): one replay and one reverse sweep seeded with u on the m outputs."""
         program, w = self._run(x, args)
         u = _as_vector(u, self._m, "u")
@@ -511,7 +516,7 @@ class TapeFunction:
         values = w.val[program.outputs]
         return (float(values[0]) if self._scalar else values.copy()), g
 
-    def jacobian_batch(self, X, *args):
+    def jacobian_batch(self, X: ArrayLike, *args: ArrayLike) -> NDArray[np.float64]:
         """The Jacobian at each row of X (K, n): shape (K, m, n), or (K, n) for one output.
         Parameters are shared or per point, as in ``batch``; one ``jacobian`` per point."""
         X = np.asarray(X, dtype=np.float64)
@@ -524,14 +529,14 @@ class TapeFunction:
         ]
         return np.array(rows).reshape((X.shape[0],) + (() if self._scalar else (self._m,)) + (self._n,))
 
-    def jacobian_sparsity(self):
+    def jacobian_sparsity(self) -> Any:
         """The (m, n) pattern of the Jacobian of the current tape, a boolean
         ``scipy.sparse.csr_array``: entry (j, k) is False only where out_j cannot depend on x_k."""
         from . import sparse as _sparse
 
         return _sparse.jacobian_sparsity(self.tape)
 
-    def hessian_sparsity(self, weights=None):
+    def hessian_sparsity(self, weights: ArrayLike | None = None) -> Any:
         """The (n, n) pattern of the Hessian of the first output (of every output with a
         nonzero weight when ``weights`` are given), a symmetric boolean ``csr_array``."""
         from . import sparse as _sparse
@@ -673,7 +678,7 @@ class TapeFunction:
             w.adj_dot = np.zeros(len(program))
         return program, w
 
-    def hvp(self, x, v, *args, weights=None):
+    def hvp(self, x: ArrayLike, v: ArrayLike, *args: ArrayLike, weights: ArrayLike | None = None) -> NDArray[np.float64]:
         """Hessian-vector product H(x) v, exact (forward-over-reverse on the tape); with
         ``weights`` (one per output) the Hessian of sum_j weights[j] out_j."""
         if weights is not None:
@@ -689,7 +694,9 @@ class TapeFunction:
         )  # fmt: skip
         return hv
 
-    def hessian(self, x, *args, sparse=False, weights=None):
+    def hessian(
+        self, x: ArrayLike, *args: ArrayLike, sparse: bool = False, weights: ArrayLike | None = None
+    ) -> Any:
         """The (n, n) Hessian: n forward-over-reverse sweeps, symmetrized. ``sparse=True``
         returns a ``scipy.sparse.csr_array`` by one sweep per colour of its sparsity pattern;
         ``weights`` (one per output) gives the Hessian of sum_j weights[j] out_j, as SciPy's
@@ -821,7 +828,15 @@ def _check_batch_arrays(program, X, P, values, grads, want_grad):
         )
 
 
-def trace(f, x0, *args, retrace="auto", optimize=False, progress=None, compile=False):
+def trace(
+    f: Callable[..., Any],
+    x0: ArrayLike,
+    *args: ArrayLike,
+    retrace: Literal["auto", "raise"] = "auto",
+    optimize: bool = False,
+    progress: bool | None = None,
+    compile: bool | Literal["auto"] = False,
+) -> TapeFunction:
     """Record ``f(x, *args)`` at ``x0`` and return a ``TapeFunction`` that replays it.
 
     ``f`` receives ``x`` as a 1-D object array of Values and returns a Value or a sequence of
