@@ -510,7 +510,7 @@ class TapeFunction:
     def vjp(self, x: ArrayLike, u: ArrayLike, *args: ArrayLike) -> tuple[Any, NDArray[np.float64]]:
         """(f(x), u^T J): one replay and one reverse sweep seeded with u on the m outputs."""
         program, w = self._run(x, args)
-        u = _as_vector(u, self._m, "u")
+        u = _as_vector(np.reshape(u, 1) if self._m == 1 and np.ndim(u) == 0 else u, self._m, "u")
         g = np.empty(self._n)
         kernels.weighted_gradient(program.a, program.b, w.da, w.db, w.adj, program.inputs, program.outputs, u, g)
         values = w.val[program.outputs]

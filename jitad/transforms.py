@@ -99,7 +99,7 @@ class _Structure:
                 raise TypeError(f"argument {k} is a Value; transforms take numbers and arrays")
             elif _is_flag(arg):
                 self.kinds.append("s")  # Python semantics: `if flag:`, `range(n)`
-            elif _is_real(arg):
+            elif _is_real(arg) and not _is_named(arg):
                 self.kinds.append("p")
                 params.append(arg)
             elif (tree := _Tree.of(arg)) is not None:
@@ -158,6 +158,12 @@ def _is_flag(arg):
     return False
 
 
+def _is_named(arg):
+    """A NamedTuple (instance or class): a tree whose type f relies on (``p.a``)."""
+    cls = arg if isinstance(arg, type) else type(arg)
+    return issubclass(cls, tuple) and hasattr(cls, "_fields")
+
+
 def _frozen(arg):
     """A static argument as kept for recording again: a copy of an array or list, so that
     changing the caller's afterwards cannot change what its key says it holds."""
@@ -190,7 +196,7 @@ class _Tree:
     @classmethod
     def of(cls, arg):
         if not isinstance(arg, (dict, list, tuple)):
-            return None
+            return None  # (a NamedTuple is a tuple)
         tree = cls()
         try:
             tree.shape = tree._flatten(arg)
@@ -202,7 +208,7 @@ class _Tree:
     def _flatten(self, node):
         if isinstance(node, dict):
             return (dict, tuple((key, self._flatten(v)) for key, v in node.items()))
-        if type(node) in (list, tuple):
+        if type(node) in (list, tuple) or _is_named(node):
             return (type(node), tuple(self._flatten(v) for v in node))
         if not _is_flag(node) and _is_real(node):
             self.leaves.append(node)
@@ -230,7 +236,8 @@ class _Tree:
             return content
         if kind is dict:
             return {key: self._build(item, values) for key, item in content}
-        return kind(self._build(item, values) for item in content)
+        items = [self._build(item, values) for item in content]
+        return kind(*items) if _is_named(kind) else kind(items)
 
 
 def _is_real(arg):

@@ -490,3 +490,23 @@ def test_boolean_mask_argument():
 def test_jacobian_transform_of_empty_input():
     J = jitad.jacobian(lambda x: [jitad.Value(2.0), jitad.Value(1.0)])(np.zeros(0))
     assert J.shape == (2, 0)
+
+
+# A NamedTuple of parameters keeps its type (jax.grad: 3.0); it once became one array, and
+# `p.a` raised AttributeError. A scalar TapeFunction's vjp takes a number as its cotangent.
+
+
+def test_namedtuple_parameter_keeps_its_fields():
+    import collections
+
+    P = collections.namedtuple("P", "a b")
+    g = jitad.grad(lambda x, p: x * p.a + p.b)
+    assert g(2.0, P(3.0, 1.0)) == 3.0
+    assert g(2.0, P(5.0, 1.0)) == 5.0  # a parameter: new numbers, no stale tape
+
+
+def test_vjp_of_a_scalar_function_takes_a_number():
+    F = jitad.trace(lambda x: x[0] ** 2, np.array([1.0]))
+    value, g = F.vjp(np.array([3.0]), 2.0)
+    assert value == 9.0
+    np.testing.assert_array_equal(g, [12.0])
