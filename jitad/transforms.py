@@ -624,7 +624,11 @@ class _Hvp(_Transform):
         vs = v if self._tuple else (v,)
         if len(vs) != len(s.argnums):
             raise ValueError(f"v must hold {len(s.argnums)} array(s), one per argnum")
-        flat = np.concatenate([_real_array(p, "v", True).reshape(-1) for p in vs])
+        parts = [_real_array(p, "v", True) for p in vs]
+        for part, k in zip(parts, s.argnums):
+            if part.shape != s.shapes[k]:
+                raise ValueError(f"v has shape {part.shape}; argument {k} has shape {s.shapes[k]}")
+        flat = np.concatenate([part.reshape(-1) for part in parts])
         return self._with_aux(self._result(s.split(t.hvp(s.x, flat, s.params))), t, s)
 
 
@@ -733,6 +737,8 @@ def jvp(
     >>> jitad.jvp(lambda x: x**3, (2.0,), (1.0,))
     (8.0, 12.0)
     """
+    if not (isinstance(primals, (tuple, list)) and isinstance(tangents, (tuple, list))):
+        raise TypeError("jvp takes its primals and tangents as tuples (or lists), one item per argument of f, as JAX does")
     primals, tangents = tuple(primals), tuple(tangents)
     if len(primals) != len(tangents):
         raise ValueError(f"jvp needs one tangent per primal: {len(primals)} primals, {len(tangents)} tangents")

@@ -343,12 +343,18 @@ class Value:
         return Value, (self._data,)  # unpickles as a new leaf holding the value
 
     # differentiation ----------------------------------------------------------------------
-    def backward(self, gradient: Real = 1.0, retain_graph: bool | None = None) -> None:
+    def backward(self, gradient: Real = 1.0, retain_graph: bool | None = None, create_graph: bool = False) -> None:
         """Accumulate d(self)/d(w) * gradient into ``w.grad`` for every Value w recorded
         before self (PyTorch semantics: repeated calls add up; zero with ``tape.zero_grad()``
         or ``w.grad = 0``). The graph lives as long as a Value refers to it, so a second
         ``backward()`` always works: ``retain_graph`` is accepted for PyTorch code and has no
-        effect."""
+        effect. ``.grad`` is a number: derivatives to differentiate again come from
+        ``jitad.gradients(y, wrt, create_graph=True)``."""
+        if create_graph:
+            raise TypeError(
+                "backward(create_graph=True): .grad holds numbers in jitad; use "
+                "jitad.gradients(y, wrt, create_graph=True), which returns Values to differentiate again"
+            )
         chunks, starts, adj = _sweep(self, _real(gradient, "the gradient seed of backward"))
         for c, start in zip(chunks, starts.tolist()):
             part = adj[start : start + len(c)]

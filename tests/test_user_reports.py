@@ -510,3 +510,14 @@ def test_vjp_of_a_scalar_function_takes_a_number():
     value, g = F.vjp(np.array([3.0]), 2.0)
     assert value == 9.0
     np.testing.assert_array_equal(g, [12.0])
+
+
+def test_clear_errors_where_jax_and_pytorch_users_go_wrong():
+    with pytest.raises(TypeError, match="tuples"):  # jax.jvp(f, (x,), (v,))
+        jitad.jvp(lambda x: x**2, np.array([1.0]), np.array([1.0]))
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):  # v shaped like the argument
+        jitad.hvp(lambda A: (A**2).sum())(np.ones((2, 2)), np.ones(4))
+    with jitad.Tape():
+        v = Value(2.0)
+        with pytest.raises(TypeError, match="create_graph=True"):
+            (v * v).backward(create_graph=True)
