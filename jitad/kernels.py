@@ -312,28 +312,15 @@ def jacobian_forward(a, b, da, db, dot, inputs, outputs, jac):
 
 
 @kernel
-def hessian_vector(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs, out, v, hv):
-    """hv = H v for the Hessian of entry ``out`` w.r.t. the inputs (after a replay)."""
-    dot[: out + 1] = 0.0
-    for k in range(inputs.shape[0]):
-        if inputs[k] <= out:
-            dot[inputs[k]] = v[k]
-    adj[: out + 1] = 0.0
-    adj_dot[: out + 1] = 0.0
-    adj[out] = 1.0
-    hvp_sweep(op, a, b, c, val, da, db, adj, dot, adj_dot, out)
-    for k in range(inputs.shape[0]):
-        hv[k] = adj_dot[inputs[k]] if inputs[k] <= out else 0.0
-
-
-@kernel
 def hessian(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs, out, hess):
     """The full Hessian of entry ``out``: one forward-over-reverse sweep per input."""
     n = inputs.shape[0]
     e = np.zeros(n)
+    outputs = np.full(1, out)
+    weights = np.ones(1)
     for k in range(n):
         e[k] = 1.0
-        hessian_vector(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs, out, e, hess[k])
+        weighted_hessian_vector(op, a, b, c, val, da, db, adj, dot, adj_dot, inputs, outputs, weights, e, hess[k])
         e[k] = 0.0
 
 

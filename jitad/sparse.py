@@ -397,6 +397,8 @@ def hessian(F, x, args, weights=None):
 
 def weighted_hvp(F, x, v, args, weights):
     """(sum_j weights[j] H_j) v: one forward-over-reverse sweep seeded on every output."""
+    if weights is None:
+        F._scalar_output("hvp")
     program, w = _with_tangents(F, x, args)
     outputs, seeds = _seeds(F, program, weights)
     v = np.ascontiguousarray(v, dtype=np.float64).reshape(-1)

@@ -681,18 +681,9 @@ class TapeFunction:
     def hvp(self, x: ArrayLike, v: ArrayLike, *args: ArrayLike, weights: ArrayLike | None = None) -> NDArray[np.float64]:
         """Hessian-vector product H(x) v, exact (forward-over-reverse on the tape); with
         ``weights`` (one per output) the Hessian of sum_j weights[j] out_j."""
-        if weights is not None:
-            from . import sparse as _sparse
+        from . import sparse as _sparse
 
-            return _sparse.weighted_hvp(self, x, v, args, weights)
-        program, w = self._second_order(x, args)
-        v = _as_vector(v, self._n, "v")
-        hv = np.empty(self._n)
-        kernels.hessian_vector(
-            program.op, program.a, program.b, program.const, w.val, w.da, w.db, w.adj, w.dot, w.adj_dot,
-            program.inputs, program.out, v, hv,
-        )  # fmt: skip
-        return hv
+        return _sparse.weighted_hvp(self, x, _as_vector(v, self._n, "v"), args, weights)
 
     def hessian(
         self, x: ArrayLike, *args: ArrayLike, sparse: bool = False, weights: ArrayLike | None = None
