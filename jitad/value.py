@@ -987,6 +987,10 @@ _UFUNCS.update(
     {
         "sign": sign,
         "logaddexp": logaddexp,
+        # Tests of a value are comparisons: bools, recorded with guards like ``x < y``.
+        "isnan": lambda x: x != x,
+        "isinf": lambda x: abs(x) == math.inf,
+        "isfinite": lambda x: abs(x) < math.inf,
         # scipy.special's ufuncs dispatch here too on a Value
         "erf": erf,
         "erfc": erfc,

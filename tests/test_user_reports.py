@@ -521,3 +521,15 @@ def test_clear_errors_where_jax_and_pytorch_users_go_wrong():
         v = Value(2.0)
         with pytest.raises(TypeError, match="create_graph=True"):
             (v * v).backward(create_graph=True)
+
+
+def test_numpy_tests_of_a_value_are_guarded_comparisons():
+    # np.isnan(loss) in a training loop raised NumPy's "returned NotImplemented"; now a bool,
+    # recorded as a comparison so a traced branch on it replays or re-records correctly.
+    with jitad.Tape():
+        for x, nan, inf in ((1.0, False, False), (math.nan, True, False), (-math.inf, False, True)):
+            v = Value(x)
+            assert (np.isnan(v), np.isinf(v), np.isfinite(v)) == (nan, inf, not (nan or inf))
+    F = jitad.trace(lambda x: x[0] * 2 if not np.isnan(x[0] * 0) else x[0], np.array([1.0]))
+    assert F(np.array([3.0])) == 6.0
+    assert F(np.array([np.inf])) == np.inf  # x * 0 is NaN there: the other branch
