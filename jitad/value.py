@@ -122,6 +122,12 @@ def _foreign(t, *values):
             raise StaleValueError(f"{v!r} is from a tape that was reset; its entries are gone")
         if v._t.thread != t.thread:
             raise StaleValueError(f"{v!r} was recorded in another thread; each thread records on its own tape")
+        if t.tracing:
+            raise StaleValueError(
+                f"{v!r} is an eager Value used inside a traced function, whose tape is another one. "
+                "Pass its number as a parameter (jitad.trace(f, x0, w.item()) with f(x, w)), or use "
+                "w.item() as a constant"
+            )
         raise StaleValueError(
             f"{v!r} is from another tape than this thread's active one; "
             "ops can only combine Values of the active tape (enter `with tape:` to make a tape active)"

@@ -533,3 +533,13 @@ def test_numpy_tests_of_a_value_are_guarded_comparisons():
     F = jitad.trace(lambda x: x[0] * 2 if not np.isnan(x[0] * 0) else x[0], np.array([1.0]))
     assert F(np.array([3.0])) == 6.0
     assert F(np.array([np.inf])) == np.inf  # x * 0 is NaN there: the other branch
+
+
+def test_an_eager_value_inside_trace_says_how_to_pass_it():
+    w = Value(2.0)
+    with pytest.raises(jitad.StaleValueError, match="parameter"):
+        jitad.trace(lambda x: x[0] * w, np.array([1.0]))
+    with pytest.raises(jitad.StaleValueError, match="parameter"):
+        jitad.trace(lambda x: w * x[0], np.array([1.0]))
+    F = jitad.trace(lambda x, p: x[0] * p, np.array([1.0]), w.item())  # the way it says
+    assert F.grad(np.array([1.0]), 3.0)[0] == 3.0
