@@ -222,7 +222,8 @@ class _Tree:
             return shape
         if kind == "static":
             return (kind, _static_key(content))
-        return (kind.__name__, tuple(((item[0], self._key(item[1])) if kind is dict else self._key(item)) for item in content))
+        # the container's class itself: two NamedTuples of one name must not share a tape
+        return (kind, tuple(((item[0], self._key(item[1])) if kind is dict else self._key(item)) for item in content))
 
     def build(self, values):
         """The tree with its real leaves taken in order from the iterator ``values``."""

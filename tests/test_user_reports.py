@@ -503,6 +503,8 @@ def test_namedtuple_parameter_keeps_its_fields():
     g = jitad.grad(lambda x, p: x * p.a + p.b)
     assert g(2.0, P(3.0, 1.0)) == 3.0
     assert g(2.0, P(5.0, 1.0)) == 5.0  # a parameter: new numbers, no stale tape
+    Q = collections.namedtuple("P", "b a")  # the same name, its fields the other way round
+    assert g(2.0, Q(5.0, 1.0)) == 1.0
 
 
 def test_vjp_of_a_scalar_function_takes_a_number():
