@@ -14,6 +14,7 @@ from programs import property_settings
 
 import jitad
 from jitad import io, ops
+from jitad.value import _numpy_formulas
 
 trace_mod = sys.modules["jitad.trace"]  # the module: jitad.trace is the function
 
@@ -28,7 +29,8 @@ def _formula(code, x, y):
         try:
             return ops.OPS[code].formula(x, y)
         except (ArithmeticError, ValueError):
-            return tuple(float(r) for r in ops.OPS[code].formula(np.float64(x), np.float64(y)))
+            # The formula with NumPy's math (math.sqrt raises on a negative np.float64 too).
+            return tuple(float(r) for r in _numpy_formulas()[code](np.float64(x), np.float64(y)))
 
 
 def interpret(arrays, x, p):
