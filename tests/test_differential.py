@@ -414,13 +414,16 @@ def as_array(tensors):
 
 def fair_for_torch(prog, *xs):
     """Points where both sides compute the same branch: no near-tie (closer than 1e-9 but not
-    exactly equal) at a kink, where one rounding difference could pick the other side."""
+    exactly equal) at a kink, where one rounding difference could pick the other side, and
+    no value so large that one rounding difference changes what follows."""
     for x in xs:
         try:
             _, vals, margin = prog.reference(x)
         except (ValueError, OverflowError, ZeroDivisionError):
             return False
-        if not all(math.isfinite(v) and abs(v) < 1e100 for v in vals) or 0.0 < margin < 1e-9:
+        # Below 1e6: a value rounded differently by PyTorch (x ** 3 as x * x * x) moves by
+        # 1e-16 relative, which sin or cos of a larger value turns into any other number.
+        if not all(math.isfinite(v) and abs(v) < 1e6 for v in vals) or 0.0 < margin < 1e-9:
             return False
     return True
 
