@@ -9,6 +9,7 @@ import pytest
 
 import jitad
 from jitad import Value
+from test_graph import micrograd_example
 
 torch = pytest.importorskip("torch")
 torch_func = pytest.importorskip("torch.func")
@@ -40,17 +41,7 @@ def test_micrograd_test_engine_sanity_check(tape):
 
 
 def test_micrograd_test_engine_more_ops(tape):
-    a, b = Value(-4.0), Value(2.0)
-    c = a + b
-    d = a * b + b**3
-    c += c + 1
-    c += 1 + c + (-a)
-    d += d * 2 + (b + a).relu()
-    d += 3 * d + (b - a).relu()
-    e = c - d
-    f = e**2
-    g = f / 2.0
-    g += 10.0 / f
+    a, b, g = micrograd_example()  # micrograd's test_more_ops, as the graph tests draw it
     g.backward()
 
     ta, tb = _t([-4.0]).requires_grad_(), _t([2.0]).requires_grad_()
