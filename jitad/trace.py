@@ -243,7 +243,6 @@ _PACKED_SAMPLE = (np.zeros(kernels.PACKED_HEADER, np.int32), np.zeros((5, 0)), n
 _F8 = np.dtype(np.float64)
 _NDARRAY = np.ndarray
 _EMPTY = np.empty
-_WITH_P = object()  # in place of packed ints: a compiled entry point that takes parameters
 
 
 class TapeFunction:
@@ -433,18 +432,13 @@ class TapeFunction:
             x = np.ascontiguousarray(_as_vector(x, self._n))
         p = _flatten_params(args, self._param_shapes) if args or self._param_shapes else _NO_PARAMS
         try:
-            program, entry, rows, ints = self._local.hot
+            program, entry, rows, code, with_p = self._local.hot
         except AttributeError:
             program = None
         if program is not self._last:
-            program, entry, rows, ints = self._hot()
+            program, entry, rows, code, with_p = self._hot()
         grad = _EMPTY(self._n)
-        if ints is None:  # compiled, no parameters
-            value = entry(rows, x, grad)
-        elif ints is _WITH_P:  # compiled, with parameters
-            value = entry(rows, x, p, grad)
-        else:
-            value = entry(ints, rows, x, p, grad)
+        value = entry(code, rows, x, p, grad) if with_p else entry(code, rows, x, grad)
         if value != value or debug._enabled:
             # NaN: a guard failed, or f is NaN here. The slow way finds (or records) the
             # branch; for a NaN f it repeats the same sweeps and gives the same bits.
@@ -454,11 +448,12 @@ class TapeFunction:
         return value, grad
 
     def _hot(self):
-        """This thread's (program, entry point, work rows, ints) for the last branch's
-        program: the compiled tier's entry (ints None, or _WITH_P when it takes
-        parameters) when it is ready, else the interpreter's packed kernel (ints: the packed
-        program). Kept for the next call, under the key None while the tier may still
-        compile the program (so that the next call asks it again)."""
+        """This thread's (program, entry point, work rows, code, with_p) for the last
+        branch's program: the compiled tier's entry (code: the address of the program's
+        machine code; with_p: whether it takes parameters) when it is ready, else the
+        interpreter's packed kernel (code: the packed program; with_p True). Kept for the
+        next call, under the key None while the tier may still compile the program (so that
+        the next call asks it again)."""
         self._scalar_output("value_and_grad")
         program = self._last
         # Asked before get(): code that becomes ready in between is seen at the next call.
@@ -466,11 +461,10 @@ class TapeFunction:
         compiled = self._tier.get(program)
         if compiled is None:
             entry = _compiler.direct(kernels.packed_value_and_grad, _compiler.PACKED_TYPES, _PACKED_SAMPLE)
-            ints = _packed(program)
+            code, with_p = _packed(program), True
         else:
-            entry = compiled.entry
-            ints = _WITH_P if compiled.params else None
-        hot = (program, entry, self._work(program).rows, ints)
+            entry, code, with_p = compiled.entry, compiled.address, compiled.params
+        hot = (program, entry, self._work(program).rows, code, with_p)
         key = None if compiled is None and pending else program
         self._local.hot = (key, *hot[1:])
         return hot

@@ -1,0 +1,590 @@
+"""The compiler tier's back end: a planned program as LLVM IR, machine code by llvmlite, and
+the Numba kernels that call it.
+
+``compiler`` rerolls a program and plans its code (chunks of loops and entries); this module
+writes the plan as LLVM IR text and compiles it with llvmlite (a Numba dependency), so no
+Numba front end runs per program: Numba took ~20 ms per generated line, LLVM alone takes
+milliseconds per hundred entries. The op formulas stay ops.py's, compiled by Numba: each
+once per machine, its optimized IR kept on disk, linked into every module that uses it and
+inlined there.
+
+The code runs the interpreter's operations in the interpreter's order (the same formulas,
+products that skip zeros, adjoints summed entry by entry), without fast-math: its results
+are the interpreter's bits. Exported functions take every argument as a 64-bit integer
+(array addresses, lengths), which the Numba kernels at the end of this file pass.
+"""
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import threading
+
+import llvmlite
+import llvmlite.binding as llvm
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core.compiler_lock import global_compiler_lock
+from numba.core.extending import intrinsic
+
+from . import _config, kernels, ops
+
+# --- checked files -------------------------------------------------------------------------
+#
+# Cached IR and machine code are loaded and run: a file is used only when its header names
+# what it was built for and the digest of its body matches; anything else is rebuilt.
+
+
+def write_checked(path, key, body):
+    """Write ``body`` (bytes) under a header naming ``key``; atomically: concurrent writers
+    (threads, processes) each write a temporary file and rename it, so a reader sees a
+    whole file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(f"jitad {key} {hashlib.sha256(body).hexdigest()}\n".encode() + body)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_checked(path, key):
+    """The body written by ``write_checked(path, key, body)``, or None (missing, torn, altered)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    head, _, body = data.partition(b"\n")
+    return body if head == f"jitad {key} {hashlib.sha256(body).hexdigest()}".encode() else None
+
+
+# --- the op formulas' IR -------------------------------------------------------------------
+
+_FORMULA_SIG = (types.float64, types.float64)
+_FORMULA_TYPE = "i32 (ptr, ptr, double, double)"  # Numba's ABI: status(retptr, excinfo, x, y)
+_FORMULA_IR = {}  # opcode -> (IR text, function name), for this process
+_FORMULA_LOCK = threading.Lock()
+_FORMULAS = {}
+
+
+def _host():
+    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+
+
+def _formula_key():
+    """What a formula's optimized IR depends on: the op table, Numba, LLVM and the CPU."""
+    parts = (_config._SOURCES, numba.__version__, llvmlite.__version__, llvm.get_process_triple(), *_host())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def _numba_formula(code):
+    # Dispatchers of their own, uncached: Numba keeps the IR of what it compiled in this
+    # process only (a cache load has machine code).
+    if not _FORMULAS:
+        _FORMULAS.update(ops.formulas(kernels._MATH, wrap=numba.njit(cache=False, **_config._OPTIONS)))
+    dispatcher = _FORMULAS[code]
+    dispatcher.compile(_FORMULA_SIG)
+    overload = dispatcher.overloads[_FORMULA_SIG]
+    return overload.library.get_llvm_str(), overload.fndesc.mangled_name
+
+
+def formula_ir(code, directory):
+    """(IR text, function name) of an op's formula: from memory, from directory, or Numba."""
+    with _FORMULA_LOCK:
+        hit = _FORMULA_IR.get(code)
+        if hit is None:
+            key = _formula_key()
+            path = None if directory is None else directory / f"{key}-{code}.ll"
+            body = None if path is None else read_checked(path, key)
+            if body is not None:
+                name, _, text = body.decode().partition("\n")
+                hit = (text, name)
+            else:
+                hit = _numba_formula(code)
+                if path is not None:
+                    write_checked(path, key, f"{hit[1]}\n{hit[0]}".encode())
+            _FORMULA_IR[code] = hit
+    return hit
+
+
+# --- IR of a plan --------------------------------------------------------------------------
+#
+# A plan (compiler._Plan) is chunks of nodes: ("loop", id, count, nodes), ("source", index)
+# or ("entry", slot, opcode, index, x, y), x and y one of ("local", slot) (a value of this
+# iteration, in a register), ("val", index) (read from the values array) or ("const",) (the
+# entry's constant). Indices are affine in the loop counters: (base, ((loop, coef), ...)).
+
+_ROWS = ("val", "da", "db", "adj", "c")
+_ARGS = ", ".join(f"ptr noalias %{r}" for r in _ROWS)
+_PASS = ", ".join(f"ptr %{r}" for r in _ROWS)
+_NAN = "0x7FF8000000000000"
+
+
+class _Function:
+    """One function's IR under construction: SSA names, blocks, loop counters, and the
+    current SSA value of every adjoint kept in a register."""
+
+    def __init__(self, head):
+        self.head = head
+        self.allocas = ["  %exc = alloca ptr"]
+        self.lines = []
+        self.block = "%entry"
+        self.count = 0
+        self.k = {}  # loop id -> its counter
+        self.g = {}  # slot -> its adjoint (an SSA name or a literal)
+        self.t = {}  # slot -> (value, d/dx, d/dy) of its formula call
+
+    def new(self, stem="r"):
+        self.count += 1
+        return f"%{stem}{self.count}"
+
+    def op(self, text):
+        name = self.new()
+        self.lines.append(f"  {name} = {text}")
+        return name
+
+    def emit(self, text):
+        self.lines.append(f"  {text}")
+
+    def label(self, name):
+        self.lines.append(f"{name[1:]}:")
+        self.block = name
+
+    def index(self, expr):
+        base, terms = expr
+        acc = None
+        for loop, coef in terms:
+            term = self.k[loop] if coef == 1 else self.op(f"mul i64 {self.k[loop]}, {coef}")
+            acc = term if acc is None else self.op(f"add i64 {acc}, {term}")
+        if acc is None:
+            return str(base)
+        return self.op(f"add i64 {acc}, {base}") if base else acc
+
+    def load(self, row, i):
+        return self.op(f"load double, ptr {self.op(f'getelementptr inbounds double, ptr %{row}, i64 {i}')}")
+
+    def store(self, row, i, value):
+        self.emit(f"store double {value}, ptr {self.op(f'getelementptr inbounds double, ptr %{row}, i64 {i}')}")
+
+    def add_to(self, row, i, value):
+        self.store(row, i, self.op(f"fadd double {self.load(row, i)}, {value}"))
+
+    def call(self, name, x, y):
+        ret = self.new("ret")
+        self.allocas.append(f"  {ret} = alloca [6 x double], align 8")
+        self.emit(f'call i32 @"{name}"(ptr {ret}, ptr %exc, double {x}, double {y})')
+        parts = [ret] + [self.op(f"getelementptr inbounds i8, ptr {ret}, i64 {8 * j}") for j in (1, 2)]
+        return tuple(self.op(f"load double, ptr {p}") for p in parts)
+
+    def loop(self, loop, count, down, carried, body):
+        """``for k in range(count)`` (``down``: from count - 1 to 0) around body(); the
+        adjoints of ``carried`` slots flow from one iteration to the next."""
+        pre, head, inside, done = self.block, self.new("head"), self.new("body"), self.new("done")
+        self.emit(f"br label {head}")
+        self.label(head)
+        k = self.k[loop] = self.new("k")
+        at = len(self.lines)
+        self.lines.append(None)  # the counter's phi, written once the latch is known
+        before = {slot: self.g[slot] for slot in carried}
+        phis = {slot: self.new("g") for slot in carried}
+        self.lines.extend([None] * len(carried))
+        self.g.update(phis)
+        test = f"icmp sge i64 {k}, 0" if down else f"icmp slt i64 {k}, {count}"
+        self.emit(f"br i1 {self.op(test)}, label {inside}, label {done}")
+        self.label(inside)
+        body()
+        step = self.op(f"add i64 {k}, {-1 if down else 1}")
+        latch = self.block
+        self.emit(f"br label {head}")
+        self.lines[at] = f"  {k} = phi i64 [{count - 1 if down else 0}, {pre}], [{step}, {latch}]"
+        for j, slot in enumerate(carried):
+            self.lines[at + 1 + j] = f"  {phis[slot]} = phi double [{before[slot]}, {pre}], [{self.g[slot]}, {latch}]"
+        self.g.update(phis)
+        del self.k[loop]
+        self.label(done)
+
+    def text(self):
+        return "\n".join([self.head, "entry:", *self.allocas, *self.lines, "}", ""])
+
+
+def _has_entries(nodes):
+    """Whether nodes (at any depth) compute an entry (not only sources)."""
+    stack = [nodes]
+    while stack:
+        body = stack.pop()
+        if any(node[0] == "entry" for node in body):
+            return True
+        stack.extend(node[3] for node in body if node[0] == "loop")
+    return False
+
+
+def _adjoint_targets(nodes, local):
+    """Slots whose register adjoints the reverse sweep of nodes (at any depth) adds to."""
+    out, stack = set(), [nodes]
+    while stack:
+        for node in stack.pop():
+            if node[0] == "loop":
+                stack.append(node[3])
+            elif node[0] == "entry":
+                out.update(x[1] for x in node[4:6] if x[0] == "local" and local[x[1]])
+    return out
+
+
+class _Writer:
+    """The IR of one plan: chunk functions, then the exported entry points."""
+
+    def __init__(self, plan, names):
+        self.plan = plan
+        self.names = names  # opcode -> formula function name
+
+    def operand(self, fn, operand, i):
+        if operand[0] == "local":
+            return fn.t[operand[1]][0]
+        if operand[0] == "val":
+            return fn.load("val", fn.index(operand[1]))
+        return fn.load("c", i)
+
+    def evaluate(self, fn, node):
+        _, slot, code, index, x, y = node
+        i = fn.index(index)
+        fn.t[slot] = fn.call(self.names[code], self.operand(fn, x, i), self.operand(fn, y, i))
+        return i
+
+    def forward(self, fn, nodes, full):
+        """Values (and with ``full`` partials) of nodes; adjoints kept in arrays start at 0;
+        a failed guard returns its index."""
+        for node in nodes:
+            if node[0] == "source":
+                fn.store("adj", fn.index(node[1]), "0.0")
+            elif node[0] == "loop":
+                fn.loop(node[1], node[2], False, (), lambda body=node[3]: self.forward(fn, body, full))
+            else:
+                slot, code = node[1], node[2]
+                i = self.evaluate(fn, node)
+                v, dx, dy = fn.t[slot]
+                shared = not self.plan.local_adjoint[slot]
+                if full or shared:
+                    fn.store("val", i, v)
+                if full:
+                    fn.store("da", i, dx)
+                    fn.store("db", i, dy)
+                if shared:
+                    fn.store("adj", i, "0.0")
+                if code == ops.GUARD:
+                    failed, ok = fn.new("failed"), fn.new("ok")
+                    fn.emit(f"br i1 {fn.op(f'fcmp oeq double {v}, 0.0')}, label {failed}, label {ok}")
+                    fn.label(failed)
+                    fn.emit(f"ret i64 {i}")
+                    fn.label(ok)
+
+    def reverse(self, fn, nodes, evaluated=False):
+        """kernels.backward over nodes: entries last to first, the first operand's product
+        before the second's, zero products dropped. kernels.backward also skips an entry
+        whose adjoint is zero; the product is +0.0 for it here, and adding +0.0 changes no
+        adjoint (a sum starting at +0.0 is never -0.0). ``evaluated``: fn's forward already
+        holds these nodes' partials (a fused last chunk)."""
+        plan = self.plan
+        for node in nodes:
+            if node[0] == "entry":
+                if not evaluated:
+                    self.evaluate(fn, node)  # this iteration's values and partials again
+                if plan.local_adjoint[node[1]]:
+                    fn.g[node[1]] = "0.0"
+        for node in reversed(nodes):
+            if node[0] == "loop":
+                if _has_entries(node[3]):
+                    carried = sorted(s for s in _adjoint_targets(node[3], plan.local_adjoint) if s in fn.g)
+                    fn.loop(node[1], node[2], True, carried, lambda body=node[3]: self.reverse(fn, body))
+                continue
+            if node[0] != "entry":
+                continue
+            _, slot, _, index, x, y = node
+            if x[0] == "const" and y[0] == "const":
+                continue
+            i = fn.index(index)
+            h = fn.g[slot] if plan.local_adjoint[slot] else fn.load("adj", i)
+            for operand, partial in ((x, fn.t[slot][1]), (y, fn.t[slot][2])):
+                if operand[0] == "const":
+                    continue
+                product = self.product(fn, partial, h)
+                if operand[0] == "local" and plan.local_adjoint[operand[1]]:
+                    fn.g[operand[1]] = fn.op(f"fadd double {fn.g[operand[1]]}, {product}")
+                else:
+                    where = operand[1] if operand[0] == "val" else plan.slots[operand[1]][0]
+                    fn.add_to("adj", fn.index(where), product)
+
+    @staticmethod
+    def product(fn, partial, weight):
+        # kernels._product: a zero on either side contributes nothing, even against an
+        # infinite or NaN other side (0 * inf must not turn a finite derivative into NaN).
+        both = fn.op(
+            f"and i1 {fn.op(f'fcmp une double {weight}, 0.0')}, {fn.op(f'fcmp une double {partial}, 0.0')}"
+        )
+        return fn.op(f"select i1 {both}, double {fn.op(f'fmul double {partial}, {weight}')}, double 0.0")
+
+
+def _copy(fn, table, count, src, dst, gather=False, limit=None):
+    """for k in range(count): dst[table[k]] = src[k] (gather: dst[k] = src[table[k]], 0 where
+    table[k] > limit)."""
+    if not count:
+        return
+    loop = object()
+
+    def body():
+        k = fn.k[loop]
+        slot = fn.op(f"getelementptr inbounds [{count} x i64], ptr {table}, i64 0, i64 {k}")
+        j = fn.op(f"load i64, ptr {slot}")
+        if not gather:
+            fn.store(dst, j, fn.load(src, k))
+            return
+        value = fn.load(src, j)
+        fn.store(dst, k, fn.op(f"select i1 {fn.op(f'icmp sle i64 {j}, {limit}')}, double {value}, double 0.0"))
+
+    fn.loop(loop, count, False, (), body)
+
+
+def _array(name, values):
+    values = [int(v) for v in values]
+    body = f"[{', '.join(f'i64 {v}' for v in values)}]" if values else "zeroinitializer"
+    return f"{name} = private unnamed_addr constant [{len(values)} x i64] {body}"
+
+
+def emit(plan, inputs, params, outputs, n):
+    """The module's IR text (without the formulas, which ``build`` links in) and the
+    opcodes whose formulas it calls."""
+    codes = set()
+    stack = list(plan.chunks)
+    while stack:
+        for node in stack.pop():
+            if node[0] == "loop":
+                stack.append(node[3])
+            elif node[0] == "entry":
+                codes.add(node[2])
+    names = {code: f"jitad.f{code}" for code in codes}  # renamed by build
+    w = _Writer(plan, names)
+    out, nin, npar = int(outputs[0]), len(inputs), len(params)
+    parts = [_array("@inputs", inputs), _array("@params", params)]
+    parts += [f'declare i32 @"{names[code]}"(ptr, ptr, double, double)' for code in sorted(codes)]
+    last = len(plan.chunks) - 1
+    fused = last >= 0 and not _has_entries([n for n in plan.chunks[last] if n[0] == "loop"])
+    for k, chunk in enumerate(plan.chunks):
+        for name, full in ((f"forward{k}", True), (f"fast{k}", False)):
+            if full or not (fused and k == last):
+                fn = _Function(f"define internal i64 @{name}({_ARGS}) {{")
+                w.forward(fn, chunk, full)
+                fn.emit("ret i64 -1")
+                parts.append(fn.text())
+        if not (fused and k == last):
+            fn = _Function(f"define internal void @reverse{k}({_ARGS}) {{")
+            w.reverse(fn, chunk)
+            fn.emit("ret void")
+            parts.append(fn.text())
+    if fused:
+        fn = _Function(f"define internal i64 @fused{last}({_ARGS}) {{")
+        w.forward(fn, plan.chunks[last], False)
+        fn.store("adj", out, "1.0")
+        w.reverse(fn, plan.chunks[last], evaluated=True)
+        fn.emit("ret i64 -1")
+        parts.append(fn.text())
+    for name, grad in (("replay", False), ("value_and_grad", True)):
+        fn = _Function(f"define internal i64 @{name}({_ARGS}, ptr noalias %x, ptr noalias %p, ptr noalias %grad) {{")
+        _copy(fn, "@inputs", nin, "x", "val")
+        _copy(fn, "@params", npar, "p", "val")
+        for k in range(len(plan.chunks)):
+            call = "forward" if not grad else "fused" if fused and k == last else "fast"
+            failed = fn.op(f"call i64 @{call}{k}({_PASS})")
+            bad, ok = fn.new("bad"), fn.new("ok")
+            fn.emit(f"br i1 {fn.op(f'icmp sge i64 {failed}, 0')}, label {bad}, label {ok}")
+            fn.label(bad)
+            fn.emit(f"ret i64 {failed}")
+            fn.label(ok)
+        if grad:
+            # The forward zeroed every adjoint kept in the array; seed the output as
+            # kernels.gradient does (fused: after its forward, before its reverse).
+            if not fused:
+                fn.store("adj", out, "1.0")
+            for k in reversed(range(len(plan.chunks) - fused)):
+                fn.emit(f"call void @reverse{k}({_PASS})")
+            _copy(fn, "@inputs", nin, "adj", "grad", gather=True, limit=out)
+        fn.emit("ret i64 -1")
+        parts.append(fn.text())
+        # Exported: every argument an integer (an address).
+        args = [*_ROWS, "x", "p", "grad"]
+        fn = _Function(f"define i64 @jitad_{name}({', '.join(f'i64 %i{a}' for a in args)}) {{")
+        for a in args:
+            fn.emit(f"%{a} = inttoptr i64 %i{a} to ptr")
+        fn.emit(f"ret i64 {fn.op(f'call i64 @{name}({_PASS}, ptr %x, ptr %p, ptr %grad)')}")
+        parts.append(fn.text())
+    # The small-tape call (TapeFunction.value_and_grad): work is the rows val, da, db, adj,
+    # const of one (5, n) array; f, or NaN when a guard failed or x (or p) is not a
+    # contiguous vector of the right length (the caller then takes the slow way, which
+    # checks and converts everything).
+    fn = _Function("define double @jitad_entry(i64 %iwork, i64 %ix, i64 %nx, i64 %sx, i64 %ip, i64 %np, i64 %sp, i64 %igrad) {")
+    checks = [f"icmp eq i64 %nx, {nin}", "icmp eq i64 %sx, 8"]
+    if npar:
+        checks += [f"icmp eq i64 %np, {npar}", "icmp eq i64 %sp, 8"]
+    good = fn.op(f"icmp eq i64 %nx, {nin}")
+    for check in checks[1:]:
+        good = fn.op(f"and i1 {good}, {fn.op(check)}")
+    run, refuse = fn.new("run"), fn.new("refuse")
+    fn.emit(f"br i1 {good}, label {run}, label {refuse}")
+    fn.label(refuse)
+    fn.emit(f"ret double {_NAN}")
+    fn.label(run)
+    fn.emit("%val = inttoptr i64 %iwork to ptr")
+    for row, name in enumerate(_ROWS[1:], 1):
+        fn.emit(f"%{name} = getelementptr inbounds double, ptr %val, i64 {row * n}")
+    for a in ("x", "p", "grad"):
+        fn.emit(f"%{a} = inttoptr i64 %i{a} to ptr")
+    failed = fn.op(f"call i64 @value_and_grad({_PASS}, ptr %x, ptr %p, ptr %grad)")
+    value = fn.load("val", out)
+    bad = fn.op(f"icmp sge i64 {failed}, 0")
+    fn.emit(f"ret double {fn.op(f'select i1 {bad}, double {_NAN}, double {value}')}")
+    parts.append(fn.text())
+    return "\n".join(parts), sorted(codes)
+
+
+# --- machine code --------------------------------------------------------------------------
+
+EXPORTED = ("jitad_replay", "jitad_value_and_grad", "jitad_entry")
+_TARGET = []
+
+
+def _target_machine():
+    if not _TARGET:
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        cpu, features = _host()
+        target = llvm.Target.from_triple(llvm.get_process_triple())
+        _TARGET.append(target.create_target_machine(cpu=cpu, features=features, opt=3, jit=True))
+    return _TARGET[0]
+
+
+def build(text, codes, formula_dir):
+    """Object code of the module: the formulas linked in and inlined, optimized at -O3
+    (loop and SLP vectorization on, as Numba's; no fast-math, so no reassociation).
+    Returns (object bytes, external symbols it needs)."""
+    formulas = {code: formula_ir(code, formula_dir) for code in codes}
+    with global_compiler_lock:  # LLVM's global context is shared with Numba's compiles
+        tm = _target_machine()
+        for code, (_, name) in formulas.items():
+            text = text.replace(f'@"jitad.f{code}"', f'@"{name}"')
+        module = llvm.parse_assembly(text)
+        for code, (formula, name) in formulas.items():
+            part = llvm.parse_assembly(formula)
+            # Only the formula stays visible (to link); Numba's wrappers around it and
+            # private copies of its helpers are dropped once nothing calls them.
+            for f in part.functions:
+                if not f.is_declaration and f.name != name:
+                    f.linkage = "internal"
+            for g in part.global_variables:
+                if not g.is_declaration:
+                    g.linkage = "internal"
+            formula = part.get_function(name)
+            if str(formula.global_value_type) != _FORMULA_TYPE:
+                raise RuntimeError(f"unexpected ABI of {ops.NAMES[code]}'s formula: {formula.global_value_type}")
+            formula.add_function_attribute("alwaysinline")
+            module.link_in(part)
+        for f in module.functions:
+            if not f.is_declaration and f.name not in EXPORTED:
+                f.linkage = "internal"
+        module.triple = tm.triple
+        module.data_layout = str(tm.target_data)
+        module.verify()
+        options = llvm.create_pipeline_tuning_options(speed_level=3)
+        options.loop_vectorization = True
+        options.slp_vectorization = True
+        builder = llvm.create_pass_builder(tm, options)
+        builder.getModulePassManager().run(module, builder)
+        symbols = sorted(
+            {f.name for f in module.functions if f.is_declaration and not f.name.startswith("llvm.")}
+            | {g.name for g in module.global_variables if g.is_declaration}
+        )
+        return tm.emit_object(module), symbols
+
+
+class Machine:
+    """Object code loaded into memory: the exported functions' addresses."""
+
+    def __init__(self, obj, symbols):
+        missing = [s for s in symbols if not llvm.address_of_symbol(s)]
+        if missing:  # LLVM would abort the process on an unresolved symbol
+            raise RuntimeError(f"compiled code needs symbols this process lacks: {missing}")
+        with global_compiler_lock:
+            self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine())
+            self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+            self._engine.finalize_object()
+            self.replay, self.value_and_grad, self.entry = (
+                self._engine.get_function_address(name) for name in EXPORTED
+            )
+
+
+# --- calls from Numba ----------------------------------------------------------------------
+
+
+def _caller(restype):
+    """An intrinsic ``call(address, (int, ...))``: calls the machine code at address with
+    those 64-bit integers and returns its ``restype``."""
+
+    @intrinsic
+    def call(typingctx, address, args):
+        def codegen(context, builder, signature, llargs):
+            values = [builder.extract_value(llargs[1], j) for j in range(len(signature.args[1]))]
+            fnty = ir.FunctionType(context.get_value_type(restype), [ir.IntType(64)] * len(values))
+            return builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), values)
+
+        return restype(address, args), codegen
+
+    return call
+
+
+_call_int = _caller(types.int64)
+_call_float = _caller(types.float64)
+
+
+@_config.kernel
+def call_replay(fn, val, da, db, adj, c, x, p):
+    """The compiled replay at address fn; every array C-contiguous (Compiled checks)."""
+    args = (val.ctypes.data, da.ctypes.data, db.ctypes.data, adj.ctypes.data, c.ctypes.data)
+    return _call_int(fn, (*args, x.ctypes.data, p.ctypes.data, 0))
+
+
+@_config.kernel
+def call_value_and_grad(fn, val, da, db, adj, c, x, p, grad):
+    args = (val.ctypes.data, da.ctypes.data, db.ctypes.data, adj.ctypes.data, c.ctypes.data)
+    return _call_int(fn, (*args, x.ctypes.data, p.ctypes.data, grad.ctypes.data))
+
+
+@_config.kernel
+def call_entry(fn, work, x, grad):
+    """TapeFunction.value_and_grad's call without parameters (see ``emit``)."""
+    return _call_float(fn, (work.ctypes.data, x.ctypes.data, x.shape[0], x.strides[0], 0, 0, 8, grad.ctypes.data))
+
+
+@_config.kernel
+def call_entry_params(fn, work, x, p, grad):
+    args = (work.ctypes.data, x.ctypes.data, x.shape[0], x.strides[0], p.ctypes.data, p.shape[0], p.strides[0])
+    return _call_float(fn, (*args, grad.ctypes.data))
+
+
+@_config.kernel
+def call_batch(replay, value_and_grad, outputs, work, X, P, want_grad, values, grads, failed):
+    """One replay (or replay and sweep) per row of X, in one call; P holds one row of
+    parameters shared by all points or one per point."""
+    val, da, db, adj, c = work[0], work[1], work[2], work[3], work[4]
+    rows = (val.ctypes.data, da.ctypes.data, db.ctypes.data, adj.ctypes.data, c.ctypes.data)
+    for k in range(X.shape[0]):
+        p = P[0] if P.shape[0] == 1 else P[k]
+        if want_grad:
+            f = _call_int(value_and_grad, (*rows, X[k].ctypes.data, p.ctypes.data, grads[k].ctypes.data))
+        else:
+            f = _call_int(replay, (*rows, X[k].ctypes.data, p.ctypes.data, 0))
+        failed[k] = f
+        if f < 0:
+            for j in range(outputs.shape[0]):
+                values[k, j] = val[outputs[j]]
