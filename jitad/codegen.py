@@ -455,14 +455,20 @@ EXPORTED = ("jitad_replay", "jitad_value_and_grad", "jitad_entry")
 _TARGET = []
 
 
-def _target_machine():
-    if not _TARGET:
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
-        cpu, features = _host()
-        target = llvm.Target.from_triple(llvm.get_process_triple())
-        _TARGET.append(target.create_target_machine(cpu=cpu, features=features, opt=3, jit=True))
-    return _TARGET[0]
+def _target_machine(shared=True):
+    """The host's target machine; ``shared=False``: a new one (an execution engine owns and
+    frees the one it is given)."""
+    if shared and _TARGET:
+        return _TARGET[0]
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    cpu, features = _host()
+    tm = llvm.Target.from_triple(llvm.get_process_triple()).create_target_machine(
+        cpu=cpu, features=features, opt=3, jit=True
+    )
+    if shared:
+        _TARGET.append(tm)
+    return tm
 
 
 def build(text, codes, formula_dir):
@@ -516,7 +522,7 @@ class Machine:
         if missing:  # LLVM would abort the process on an unresolved symbol
             raise RuntimeError(f"compiled code needs symbols this process lacks: {missing}")
         with global_compiler_lock:
-            self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine())
+            self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine(shared=False))
             self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             self._engine.finalize_object()
             self.replay, self.value_and_grad, self.entry = (

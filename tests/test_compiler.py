@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from programs import programs, property_settings
 
 import jitad
-from jitad import compiler, kernels
+from jitad import codegen, compiler, kernels
 from jitad.trace import _Work
 
 
@@ -328,7 +328,7 @@ def test_cache_hit_in_memory_and_on_disk_miss_for_another_structure(fresh_memory
         pytest.skip("no disk cache (JITAD_CACHE=0)")
     program = _tape(rosenbrock, np.linspace(-1, 1, 17))
     c = _compile(program)
-    assert not c.summary["disk"] and c.source_path.exists()
+    assert not c.summary["disk"] and c.cache_path.exists()
     assert _compile(program) is c  # memory
 
     # another program of the same structure (other constants and values) shares the code
@@ -348,49 +348,56 @@ def test_cache_hit_in_memory_and_on_disk_miss_for_another_structure(fresh_memory
     x = RNG.uniform(-1, 1, 17)
     same(_gradient(d, program, x), _reference_gradient(program, x))
     e = _compile(_tape(rosenbrock, np.linspace(-1, 1, 18)))  # miss: another structure
-    assert e.key != c.key and e.source_path != c.source_path
+    assert e.key != c.key and e.cache_path != c.cache_path
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "plausible"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "plausible", "symbols"])
 def test_a_damaged_cache_file_is_refused(fresh_memory, damage):
     if compiler.cache_dir() is None:
         pytest.skip("no disk cache (JITAD_CACHE=0)")
     program = _tape(rosenbrock, np.linspace(-1, 1, 19))
-    path = _compile(program).source_path
-    text = path.read_text()
+    c = _compile(program)
+    path = c.cache_path
+    data = path.read_bytes()
     if damage == "truncate":
-        path.write_text(text[: len(text) // 2])
+        path.write_bytes(data[: len(data) // 2])
     elif damage == "garbage":
         path.write_bytes(os.urandom(300))
+    elif damage == "plausible":
+        # the right header, one byte of the machine code changed: the digest catches it
+        k = len(data) - 100
+        path.write_bytes(data[:k] + bytes([data[k] ^ 1]) + data[k + 1 :])
     else:
-        # valid Python with the right header, but a wrong seed: the digest catches it
-        path.write_text(text.replace("] = 1.0", "] = 2.0"))
+        # a whole, valid file whose code needs a symbol this process lacks: not loaded
+        # (LLVM would abort the process), rebuilt
+        body = codegen.read_checked(path, c.key)
+        codegen.write_checked(path, c.key, b"jitad_no_such_symbol\n" + body.partition(b"\n")[2])
     compiler._MEMORY.clear()
     c = _compile(program)
     assert not c.summary["disk"]
     x = RNG.uniform(-1, 1, 19)
     same(_gradient(c, program, x), _reference_gradient(program, x))
-    assert path.read_text() == text  # rewritten whole
+    assert path.read_bytes() == data  # rewritten whole
 
 
-def test_damaged_numba_cache_files_are_not_trusted(fresh_memory):
+def test_damaged_formula_ir_is_not_trusted(fresh_memory, monkeypatch):
     if compiler.cache_dir() is None:
         pytest.skip("no disk cache (JITAD_CACHE=0)")
     program = _tape(rosenbrock, np.linspace(-1, 1, 21))
-    c = _compile(program)
-    damaged = 0
-    for root, _, files in os.walk(compiler.cache_dir().parent):
-        for name in files:
-            if c.key in name and name.endswith((".nbi", ".nbc")):
-                with open(os.path.join(root, name), "r+b") as f:
-                    f.seek(0)
-                    f.write(os.urandom(64))
-                damaged += 1
+    _compile(program)
+    files = list((compiler.cache_dir() / "formulas").glob("*.ll"))
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        path.write_bytes(data.replace(b"fmul", b"fadd"))  # plausible IR, the wrong formulas
+    monkeypatch.setattr(codegen, "_FORMULA_IR", {})
     compiler._MEMORY.clear()
+    for path in compiler.cache_dir().glob("*.o"):
+        path.unlink()
     d = _compile(program)
+    assert not d.summary["disk"]
     x = RNG.uniform(-1, 1, 21)
     same(_gradient(d, program, x), _reference_gradient(program, x))
-    assert damaged or not compiler._config.CACHE
 
 
 def test_concurrent_writers_of_one_entry(fresh_memory):
@@ -416,14 +423,17 @@ def test_concurrent_writers_of_one_entry(fresh_memory):
     if compiler.cache_dir() is not None:
         assert not list(compiler.cache_dir().glob("*.tmp"))
         # many writers of the same text: every reader sees a whole, valid file
-        path = results[0].source_path
-        text = path.read_text()
-        writers = [threading.Thread(target=compiler._write_atomic, args=(path, text)) for _ in range(8)]
+        path = results[0].cache_path
+        data = path.read_bytes()
+        body = codegen.read_checked(path, results[0].key)
+        writers = [
+            threading.Thread(target=codegen.write_checked, args=(path, results[0].key, body)) for _ in range(8)
+        ]
         for t in writers:
             t.start()
         for t in writers:
             t.join()
-        assert path.read_text() == text
+        assert path.read_bytes() == data
 
 
 def test_a_new_process_loads_from_disk(tmp_path):

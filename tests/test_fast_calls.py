@@ -16,7 +16,7 @@ from test_trace import BAD_X, f3
 
 import jitad
 from jitad import compiler, kernels
-from jitad.trace import _NO_PARAMS, _PACKED_SAMPLE, _WITH_P, _Work
+from jitad.trace import _NO_PARAMS, _PACKED_SAMPLE, _Work
 
 
 def seed(x):
@@ -259,16 +259,12 @@ def test_entry_points_refuse_what_they_cannot_read(tiers):
         for F in Fs.values():
             x = np.array([0.5, 0.25])
             F.grad(x, *args)
-            _, entry, rows, ints = F._local.hot
+            _, entry, rows, code, with_p = F._local.hot
             p = np.concatenate([np.ravel(a) for a in args]) if args else _NO_PARAMS
             g = np.empty(2)
 
             def call(x, p=p):
-                if ints is None:
-                    return entry(rows, x, g)
-                if ints is _WITH_P:
-                    return entry(rows, x, p, g)
-                return entry(ints, rows, x, p, g)
+                return entry(code, rows, x, p, g) if with_p else entry(code, rows, x, g)
 
             assert call(x) == F(x, *args)
             for bad in (np.array([0.5, 9.0, 0.25, 9.0])[::2], np.array([0.5]), np.array([0.5, 0.25, 1.0])):
@@ -281,19 +277,19 @@ def test_the_tier_switches_the_fast_path_when_ready():
     F = jitad.trace(seed, X0, compile=True)
     x = np.array([0.2, 0.9])
     before = F.value_and_grad(x)  # interpreter; asks the tier again next call
-    assert F._local.hot[0] is None and F._local.hot[3] is not None
+    assert F._local.hot[0] is None and isinstance(F._local.hot[3], np.ndarray)  # the packed program
     F.grad(x)
     assert F._tier.wait(timeout=600)
     assert F._tier.ready(F.tape) is not None, F._tier.errors
     after = F.value_and_grad(x)
-    assert F._local.hot[0] is F.tape and F._local.hot[3] is None
+    assert F._local.hot[0] is F.tape and F._local.hot[3] == F._tier.ready(F.tape).address
     assert after[0] == before[0]
     same(after[1], before[1])
     # compile=False and compile='auto' on a short tape settle on the interpreter at once
     for mode in (False, "auto"):
         G = jitad.trace(seed, X0, compile=mode)
         G.grad(x)
-        assert G._local.hot[0] is G.tape and G._local.hot[3] is not None
+        assert G._local.hot[0] is G.tape and isinstance(G._local.hot[3], np.ndarray)
     # a compile that failed leaves the interpreter, settled
     H = jitad.trace(seed, X0, compile=True)
     H._tier._failed.add(H.tape)
