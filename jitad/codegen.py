@@ -138,6 +138,7 @@ class _Function:
         self.k = {}  # loop id -> its counter
         self.g = {}  # slot -> its adjoint (an SSA name or a literal)
         self.t = {}  # slot -> (value, d/dx, d/dy) of its formula call
+        self.memo = {}  # index expressions and addresses computed in a block that dominates
 
     def new(self, stem="r"):
         self.count += 1
@@ -156,6 +157,14 @@ class _Function:
         self.block = name
 
     def index(self, expr):
+        # Each index and address is computed once per loop level: less IR for LLVM to
+        # simplify (its compile time grows with the instructions it is given).
+        hit = self.memo.get(expr)
+        if hit is None:
+            hit = self.memo[expr] = self._index(expr)
+        return hit
+
+    def _index(self, expr):
         base, terms = expr
         acc = None
         for loop, coef in terms:
@@ -165,11 +174,17 @@ class _Function:
             return str(base)
         return self.op(f"add i64 {acc}, {base}") if base else acc
 
+    def address(self, row, i):
+        hit = self.memo.get((row, i))
+        if hit is None:
+            hit = self.memo[row, i] = self.op(f"getelementptr inbounds double, ptr %{row}, i64 {i}")
+        return hit
+
     def load(self, row, i):
-        return self.op(f"load double, ptr {self.op(f'getelementptr inbounds double, ptr %{row}, i64 {i}')}")
+        return self.op(f"load double, ptr {self.address(row, i)}")
 
     def store(self, row, i, value):
-        self.emit(f"store double {value}, ptr {self.op(f'getelementptr inbounds double, ptr %{row}, i64 {i}')}")
+        self.emit(f"store double {value}, ptr {self.address(row, i)}")
 
     def add_to(self, row, i, value):
         self.store(row, i, self.op(f"fadd double {self.load(row, i)}, {value}"))
@@ -197,6 +212,7 @@ class _Function:
         test = f"icmp sge i64 {k}, 0" if down else f"icmp slt i64 {k}, {count}"
         self.emit(f"br i1 {self.op(test)}, label {inside}, label {done}")
         self.label(inside)
+        outside = dict(self.memo)  # what the body computes does not dominate the exit
         body()
         step = self.op(f"add i64 {k}, {-1 if down else 1}")
         latch = self.block
@@ -205,6 +221,7 @@ class _Function:
         for j, slot in enumerate(carried):
             self.lines[at + 1 + j] = f"  {phis[slot]} = phi double [{before[slot]}, {pre}], [{self.g[slot]}, {latch}]"
         self.g.update(phis)
+        self.memo = outside
         del self.k[loop]
         self.label(done)
 
@@ -452,6 +469,8 @@ def emit(plan, inputs, params, outputs, n):
 # --- machine code --------------------------------------------------------------------------
 
 EXPORTED = ("jitad_replay", "jitad_value_and_grad", "jitad_entry")
+OPT_LEVEL = 3
+VECTORIZE = True
 _TARGET = []
 
 
@@ -502,9 +521,9 @@ def build(text, codes, formula_dir):
         module.triple = tm.triple
         module.data_layout = str(tm.target_data)
         module.verify()
-        options = llvm.create_pipeline_tuning_options(speed_level=3)
-        options.loop_vectorization = True
-        options.slp_vectorization = True
+        options = llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL)
+        options.loop_vectorization = VECTORIZE
+        options.slp_vectorization = VECTORIZE
         builder = llvm.create_pass_builder(tm, options)
         builder.getModulePassManager().run(module, builder)
         symbols = sorted(

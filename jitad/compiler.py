@@ -339,8 +339,9 @@ class _Plan:
 # source is written to CACHE_DIR/compiled/<key>.py, whose Numba cache then holds the machine
 # code (Numba keys it on the file's path and stamp; _config keys it on ops/kernels too).
 
+_HERE = Path(__file__)
 _VERSION = hashlib.sha256(
-    b"".join(Path(m.__file__).read_bytes() for m in (codegen,)) + Path(__file__).read_bytes() + _config._SOURCES.encode()
+    _HERE.read_bytes() + _HERE.with_name("codegen.py").read_bytes() + _config._SOURCES.encode()
 ).hexdigest()
 _MEMORY = {}  # structure key -> Compiled, for this process
 _MEMORY_LOCK = threading.Lock()
