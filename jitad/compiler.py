@@ -5,6 +5,7 @@ Layers: this module reads a program's arrays (it never imports ``trace``); ``tra
 ``Tier.get`` for compiled code and falls back to the interpreter kernels until it exists.
 """
 
+import atexit
 import contextlib
 import hashlib
 import threading
@@ -436,8 +437,10 @@ def compile_program(op, a, b, const, value, inputs, params, outputs):
             machine = codegen.Machine(obj, head.decode().split())
     if machine is None:
         summary["disk"] = False
+        _check_exit()
         text, codes, shape = generate(op, a, b, outputs, inputs, params)
         summary.update(shape)
+        _check_exit()
         obj, symbols = codegen.build(text, codes, None if directory is None else directory / "formulas")
         if path is not None:
             codegen.write_checked(path, key, " ".join(symbols).encode() + b"\n" + obj)
@@ -447,6 +450,11 @@ def compile_program(op, a, b, const, value, inputs, params, outputs):
     compiled.compile_s = time.perf_counter() - t0
     with _MEMORY_LOCK:
         return _MEMORY.setdefault(key, compiled)
+
+
+def _check_exit():
+    if _EXITING.is_set():
+        raise _Cancelled
 
 
 def _warm(compiled, const, value, inputs, params, outputs):
@@ -516,7 +524,23 @@ def direct(dispatcher, types, sample=None):
 # --- the tier: interpreter first, compiled code when it is ready ----------------------------
 
 AUTO_CALLS = 64  # compile="auto": calls of one program before compiling it in the background
-AUTO_MIN_ENTRIES = 2_000  # ... and only tapes this long (the interpreter is near compiled below)
+_BUILDS = set()  # compile threads running now
+_EXITING = threading.Event()
+
+
+class _Cancelled(Exception):
+    """The process is exiting: a background compile stops at its next stage."""
+
+
+def _stop_builds():
+    # At exit, before the interpreter tears down: a compile thread still inside LLVM when
+    # LLVM's own globals are destroyed would crash the process. Each stops at its next stage.
+    _EXITING.set()
+    for thread in list(_BUILDS):
+        thread.join()
+
+
+atexit.register(_stop_builds)
 
 
 class Tier:
@@ -527,6 +551,9 @@ class Tier:
         if mode not in (False, True, "auto"):
             raise ValueError(f"compile must be False, True or 'auto', got {mode!r}")
         self.mode = mode
+        # "auto" is the default: where nothing can be compiled (NUMBA_DISABLE_JIT=1) it
+        # stays on the interpreter quietly; compile=True asked for it, and warns.
+        self._auto_off = mode == "auto" and bool(numba.config.DISABLE_JIT)
         self._ready = weakref.WeakKeyDictionary()  # program -> Compiled
         self._calls = weakref.WeakKeyDictionary()  # program -> calls seen (auto mode)
         self._threads = []
@@ -545,7 +572,7 @@ class Tier:
         hot_program, hot = self._hot
         if hot_program is program:
             return hot
-        if not self.mode:
+        if not self.mode or self._auto_off:
             return None
         compiled = self._ready.get(program)
         if compiled is not None:
@@ -562,20 +589,31 @@ class Tier:
             # compile=True starts at the second call: the first runs (and compiles or loads)
             # the interpreter's kernels before the background compile holds Numba's lock.
             threshold = 1 if self.mode is True else AUTO_CALLS
-            if seen < threshold or (self.mode == "auto" and len(program) < AUTO_MIN_ENTRIES):
+            if seen < threshold:
                 self._calls[program] = seen + 1
                 return
             self._calls[program] = -1
+            if _EXITING.is_set():
+                return
             thread = threading.Thread(target=self._build, args=(program,), name="jitad-compile", daemon=True)
             self._threads.append(thread)
+            _BUILDS.add(thread)
         thread.start()
 
     def _build(self, program):
+        try:
+            self._compile(program)
+        finally:
+            _BUILDS.discard(threading.current_thread())
+
+    def _compile(self, program):
         try:
             compiled = compile_program(
                 program.op, program.a, program.b, program.const, program.value,
                 program.inputs, program.params, program.outputs,
             )  # fmt: skip
+        except _Cancelled:
+            return
         except Exception as e:  # noqa: BLE001 - the interpreter keeps running; say why once
             self.errors.append(e)
             self._failed.add(program)
@@ -603,4 +641,4 @@ class Tier:
         answer must ask again while this holds (False: compiled, or never will be)."""
         if not self.mode or program in self._ready or program in self._failed:
             return False
-        return not (self.mode == "auto" and len(program) < AUTO_MIN_ENTRIES)
+        return not self._auto_off

@@ -255,7 +255,7 @@ class TapeFunction:
     ``retrace="raise"`` raises ``BranchChanged``.
     """
 
-    def __init__(self, f, program, scalar, retrace="auto", optimize=False, compile=False):
+    def __init__(self, f, program, scalar, retrace="auto", optimize=False, compile="auto"):
         if retrace not in ("auto", "raise"):
             raise ValueError(f"retrace must be 'auto' or 'raise', got {retrace!r}")
         self._tier = _compiler.Tier(compile)  # compiled replays, built in the background
@@ -820,7 +820,7 @@ def trace(
     retrace: Literal["auto", "raise"] = "auto",
     optimize: bool = False,
     progress: bool | None = None,
-    compile: bool | Literal["auto"] = False,
+    compile: bool | Literal["auto"] = "auto",
 ) -> TapeFunction:
     """Record ``f(x, *args)`` at ``x0`` and return a ``TapeFunction`` that replays it.
 
@@ -830,10 +830,10 @@ def trace(
     common subexpressions and drops unused entries before replaying (worth it for tapes
     with repeated work and many replays; see benchmarks/RESULTS.md). ``progress`` shows
     how recording and optimizing go once they take more than a few seconds (``None``: when
-    stderr is a terminal; tqdm when installed). ``compile=True`` compiles the tape's
-    repetition into loops in a background thread (``"auto"``: once a long tape has been
-    called often); calls run on the interpreter until the code is ready, with identical
-    results (see jitad/compiler.py).
+    stderr is a terminal; tqdm when installed). ``compile``: the tape's repetition is
+    compiled into loops in a background thread once the tape has been called 64 times
+    (``"auto"``), at the second call (``True``) or never (``False``); calls run on the
+    interpreter until the code is ready, with identical results (see jitad/compiler.py).
     """
     program, scalar = record(f, x0, args, progress=progress)
     with _progress.watch(f"optimizing {len(program):,} entries", progress if optimize else False):

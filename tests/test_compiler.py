@@ -284,11 +284,21 @@ def test_threads_share_a_compiled_tape_function():
 
 
 def test_interpreter_runs_until_compiled_and_modes_are_checked():
-    F = jitad.trace(rosenbrock, np.linspace(-1, 1, 10), compile="auto")
-    # auto: short tapes stay on the interpreter (nothing is started)
+    F = jitad.trace(rosenbrock, np.linspace(-1, 1, 10))  # compile="auto", the default
+    x = np.linspace(-1, 1, 10)
+    expected = F.grad(x)
+    for _ in range(compiler.AUTO_CALLS - 1):
+        F.grad(x)
+    assert not F._tier._threads  # nothing started before AUTO_CALLS calls
+    F.grad(x)
+    F.grad(x)
+    assert F._tier._threads and F._tier.wait(timeout=600)
+    assert F._tier.ready(F.tape) is not None, F._tier.errors
+    same(F.grad(x), expected)
+    G = jitad.trace(rosenbrock, x, compile=False)
     for _ in range(compiler.AUTO_CALLS + 1):
-        F.grad(np.linspace(-1, 1, 10))
-    assert F._tier.ready(F.tape) is None and not F._tier._threads
+        G.grad(x)
+    assert G._tier.ready(G.tape) is None and not G._tier._threads
     with pytest.raises(ValueError, match="compile"):
         jitad.trace(rosenbrock, np.zeros(3), compile="yes")
 
