@@ -110,23 +110,130 @@ class Rerolled:
 
 
 def reroll(op, a, b):
-    """Find repeated blocks in the tape (op, a, b), level after level; exact and near linear."""
+    """Find repeated blocks in the tape (op, a, b), level after level; exact and near linear.
+    The first level, over entries, runs compiled (``_roll_entries``); the levels above it see
+    few items."""
     n = op.shape[0]
     st = Structures()
-    has_a = a >= 0
-    has_b = b >= 0
-    items = []
-    for i, (code, ha, hb, ia, ib) in enumerate(
-        zip(op.tolist(), has_a.tolist(), has_b.tolist(), a.tolist(), b.tolist())
-    ):
-        refs = (ia, ib) if ha and hb else (ia,) if ha else (ib,) if hb else ()
-        items.append((st.intern((_ENTRY, code, ha, hb), len(refs), 1), i, refs))
-    for _ in range(MAX_LEVELS):
+    has_a, has_b = a >= 0, b >= 0
+    # An entry's structure: (opcode, has a, has b); its refs packed to the left.
+    keys, inverse = np.unique(op.astype(np.int64) * 4 + has_a * 2 + has_b, return_inverse=True)
+    table = [st.intern((_ENTRY, k >> 2, bool(k & 2), bool(k & 1)), (k >> 1 & 1) + (k & 1), 1) for k in keys.tolist()]
+    sids = np.asarray(table, dtype=np.int64)[inverse.ravel()]
+    refs = np.zeros((n, 2), dtype=np.int64)
+    refs[:, 0] = np.where(has_a, a, np.where(has_b, b, 0))
+    refs[:, 1] = np.where(has_a & has_b, b, 0)
+    rows = np.empty((n, 3), dtype=np.int64)
+    found = _roll_entries(sids, refs, rows)
+    items = _entry_items(rows[:found].tolist(), sids, refs, st)
+    for _ in range(MAX_LEVELS - 1):
+        if len(items) == n:
+            break
         rolled = _roll_level(items, st)
         if len(rolled) == len(items):
             break
         items = rolled
     return Rerolled(st, items, n)
+
+
+def _entry_items(rows, sids, refs, st):
+    """Level one's items from ``_roll_entries``'s rows (start, repetitions, period): only
+    the entries the rows name are read (a block's first two repetitions)."""
+    nrefs = np.asarray(st.nrefs, dtype=np.int64)[sids]
+    table = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+    parts = [table[table[:, 2] == 0, 0]]
+    parts += [np.arange(t, t + 2 * period) for t, _, period in table[table[:, 2] > 0].tolist()]
+    used = np.unique(np.concatenate(parts)).astype(np.int64)
+    at = dict(zip(used.tolist(), zip(sids[used].tolist(), refs[used].tolist(), nrefs[used].tolist())))
+
+    def refs_of(t):
+        _, r, m = at[t]
+        return tuple(r[:m])
+
+    items = []
+    for t, count, period in rows:
+        if period == 0:
+            items.append((at[t][0], t, refs_of(t)))
+            continue
+        body = tuple(r for j in range(t, t + period) for r in refs_of(j))
+        follow = (r for j in range(t + period, t + 2 * period) for r in refs_of(j))
+        strides = tuple(r1 - r0 for r0, r1 in zip(body, follow))
+        body_sids = tuple(at[j][0] for j in range(t, t + period))
+        sid = st.intern((_BLOCK, count, body_sids, strides), len(body), count * period)
+        items.append((sid, t, body))
+    return items
+
+
+@_config.inline
+def _entry_repetitions(sids, refs, t, period, most):
+    # _repetitions over entries: refs (T, 2), unused slots 0 (they move by 0)
+    T = sids.shape[0]
+    if t + 2 * period > T:
+        return 1
+    for j in range(period):
+        if sids[t + j] != sids[t + period + j]:
+            return 1
+    count = 2
+    while t + (count + 1) * period <= T and (most < 0 or count < most):
+        base = t + count * period
+        for j in range(period):
+            if sids[base + j] != sids[t + j]:
+                return count
+            for r in range(2):
+                if refs[base + j, r] - refs[base - period + j, r] != refs[t + period + j, r] - refs[t + j, r]:
+                    return count
+        count += 1
+    return count
+
+
+@_config.inline
+def _best_entry_block(sids, refs, nxt, t, enough):
+    # _best_block over entries (enough < 0: no bound)
+    best_count, best_period = 1, 0
+    cand = nxt[t]
+    for _ in range(CANDIDATES):
+        if cand < 0 or cand - t > MAX_PERIOD:
+            break
+        period = cand - t
+        most = -1 if enough < 0 else (enough + period - 1) // period
+        count = _entry_repetitions(sids, refs, t, period, most)
+        if count > 1 and count * period > best_count * best_period:
+            best_count, best_period = count, period
+        cand = nxt[cand]
+    return best_count, best_period
+
+
+@_config.kernel
+def _roll_entries(sids, refs, rows):
+    """``_roll_level`` on the tape's entries (sids (T,), refs (T, 2)): rows[k] = (start,
+    repetitions, period) of each item it finds (period 0: a single entry); returns k."""
+    T = sids.shape[0]
+    nxt = np.full(T, -1, dtype=np.int64)
+    last = np.full(sids.max() + 1 if T else 1, -1, dtype=np.int64)
+    for t in range(T - 1, -1, -1):
+        nxt[t] = last[sids[t]]
+        last[sids[t]] = t
+    k = 0
+    t = 0
+    while t < T:
+        count, period = _best_entry_block(sids, refs, nxt, t, -1)
+        single = period == 0
+        if not single and count * period <= LOOKAHEAD_BELOW:
+            need = (3 * count * period) // 2 + LOOKAHEAD
+            for d in range(1, LOOKAHEAD + 1):
+                if t + d < T:
+                    c, q = _best_entry_block(sids, refs, nxt, t + d, need)
+                    if c * q >= need:
+                        single = True
+                        break
+        if single:
+            count, period = 1, 0
+        rows[k, 0] = t
+        rows[k, 1] = count
+        rows[k, 2] = period
+        t += count * max(period, 1)
+        k += 1
+    return k
 
 
 def _roll_level(items, st):
