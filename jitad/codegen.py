@@ -138,6 +138,7 @@ class _Function:
         self.k = {}  # loop id -> its counter
         self.g = {}  # slot -> its adjoint (an SSA name or a literal)
         self.t = {}  # slot -> (value, d/dx, d/dy) of its formula call
+        self.here = set()  # lanes code: the slots evaluated in the current lanes loop
         self.memo = {}  # index expressions and addresses computed in a block that dominates
 
     def new(self, stem="r"):
@@ -178,6 +179,13 @@ class _Function:
         hit = self.memo.get((row, i))
         if hit is None:
             hit = self.memo[row, i] = self.op(f"getelementptr inbounds double, ptr %{row}, i64 {i}")
+        return hit
+
+    def lane(self, i):
+        """The index of entry i's value in this lane: rows of LANES values per entry."""
+        hit = self.memo.get(("lane", i))
+        if hit is None:
+            hit = self.memo["lane", i] = self.op(f"add i64 {self.op(f'mul i64 {i}, {LANES}')}, {self.k[LANE]}")
         return hit
 
     def load(self, row, i):
@@ -229,6 +237,11 @@ class _Function:
         return "\n".join([self.head, "entry:", *self.allocas, *self.lines, "}", ""])
 
 
+def _literal(value):
+    """A double as an LLVM IR constant, exactly (its bits in hex)."""
+    return f"0x{np.float64(value).view(np.uint64):016X}"
+
+
 def _has_entries(nodes):
     """Whether nodes (at any depth) compute an entry (not only sources)."""
     stack = [nodes]
@@ -255,9 +268,10 @@ def _adjoint_targets(nodes, local):
 class _Writer:
     """The IR of one plan: chunk functions, then the exported entry points."""
 
-    def __init__(self, plan, names):
+    def __init__(self, plan, names, exponents):
         self.plan = plan
         self.names = names  # opcode -> formula function name
+        self.exponents = exponents
 
     def operand(self, fn, operand, i):
         if operand[0] == "local":
@@ -269,7 +283,8 @@ class _Writer:
     def evaluate(self, fn, node):
         _, slot, code, index, x, y = node
         i = fn.index(index)
-        fn.t[slot] = fn.call(self.names[code], self.operand(fn, x, i), self.operand(fn, y, i))
+        y = _literal(self.exponents[slot]) if slot in self.exponents else self.operand(fn, y, i)
+        fn.t[slot] = fn.call(self.names[code], self.operand(fn, x, i), y)
         return i
 
     def forward(self, fn, nodes, full):
@@ -345,6 +360,203 @@ class _Writer:
         return fn.op(f"select i1 {both}, double {fn.op(f'fmul double {partial}, {weight}')}, double 0.0")
 
 
+LANES = 8  # points per block of a batch: a value per point side by side, so that LLVM can vectorize
+LANE = "lane"  # the lanes loop's key among a function's loop counters
+
+
+def _segments(nodes):
+    """nodes as ("loop", node) and ("run", [nodes]): the runs of entries and sources between loops."""
+    parts, run = [], []
+    for node in nodes:
+        if node[0] == "loop":
+            if run:
+                parts.append(("run", run))
+                run = []
+            parts.append(("loop", node))
+        else:
+            run.append(node)
+    if run:
+        parts.append(("run", run))
+    return parts
+
+
+def _lane_local(plan):
+    """Slots whose value and adjoint stay in registers in the lanes code: local adjoints
+    (every use a local operand of the same iteration) whose uses are all in the run of
+    entries that defines them (a loop between ends the lanes loop that holds them)."""
+    defined, used = {}, {}
+    stack = list(plan.chunks)
+    run = 0
+    while stack:
+        for kind, part in _segments(stack.pop()):
+            run += 1
+            if kind == "loop":
+                stack.append(part[3])
+                continue
+            for node in part:
+                if node[0] == "entry":
+                    defined[node[1]] = run
+                    for x in node[4:6]:
+                        if x[0] == "local":
+                            used.setdefault(x[1], set()).add(run)
+    return [
+        bool(local) and used.get(slot, set()) <= {defined.get(slot)} for slot, local in enumerate(plan.local_adjoint)
+    ]
+
+
+class _LanesWriter(_Writer):
+    """The same sweeps for LANES points at once: each run of entries becomes a loop over the
+    lanes (innermost, so that LLVM vectorizes it), values and adjoints in memory as rows of
+    LANES. Each lane performs the scalar code's operations in its order: the same bits.
+    A failed guard does not stop the sweep: failed[lane] keeps the first one."""
+
+    def __init__(self, plan, names, exponents):
+        super().__init__(plan, names, exponents)
+        self.local = _lane_local(plan)
+
+    def operand(self, fn, operand, i):
+        if operand[0] == "local" and operand[1] in fn.here:
+            return fn.t[operand[1]][0]
+        if operand[0] == "const":
+            return fn.load("c", i)
+        at = operand[1] if operand[0] == "val" else self.plan.slots[operand[1]][0]
+        return fn.load("val", fn.lane(fn.index(at)))
+
+    def evaluate(self, fn, node):
+        i = super().evaluate(fn, node)
+        fn.here.add(node[1])
+        return i
+
+    def forward(self, fn, nodes, full=False):
+        for kind, part in _segments(nodes):
+            if kind == "loop":
+                fn.loop(part[1], part[2], False, (), lambda body=part[3]: self.forward(fn, body))
+            else:
+                fn.loop(LANE, LANES, False, (), lambda run=part: self._forward_run(fn, run))
+
+    def _forward_run(self, fn, run):
+        fn.here = set()
+        for node in run:
+            if node[0] == "source":
+                fn.store("adj", fn.lane(fn.index(node[1])), "0.0")
+                continue
+            slot, code = node[1], node[2]
+            i = self.evaluate(fn, node)
+            v = fn.t[slot][0]
+            if not self.local[slot]:
+                at = fn.lane(i)
+                fn.store("val", at, v)
+                fn.store("adj", at, "0.0")
+            if code == ops.GUARD:
+                where = fn.op(f"getelementptr inbounds i64, ptr %failed, i64 {fn.k[LANE]}")
+                first = fn.op(f"load i64, ptr {where}")
+                now = fn.op(f"and i1 {fn.op(f'fcmp oeq double {v}, 0.0')}, {fn.op(f'icmp slt i64 {first}, 0')}")
+                fn.emit(f"store i64 {fn.op(f'select i1 {now}, i64 {i}, i64 {first}')}, ptr {where}")
+
+    def reverse(self, fn, nodes, evaluated=False):
+        for kind, part in reversed(_segments(nodes)):
+            if kind == "loop":
+                if _has_entries(part[3]):
+                    fn.loop(part[1], part[2], True, (), lambda body=part[3]: self.reverse(fn, body))
+            elif _has_entries(part):
+                fn.loop(LANE, LANES, False, (), lambda run=part: self._reverse_run(fn, run))
+
+    def _reverse_run(self, fn, run):
+        fn.here = set()
+        for node in run:
+            if node[0] == "entry":
+                self.evaluate(fn, node)
+                if self.local[node[1]]:
+                    fn.g[node[1]] = "0.0"
+        for node in reversed(run):
+            if node[0] != "entry":
+                continue
+            _, slot, _, index, x, y = node
+            if x[0] == "const" and y[0] == "const":
+                continue
+            i = fn.index(index)
+            h = fn.g[slot] if self.local[slot] else fn.load("adj", fn.lane(i))
+            for operand, partial in ((x, fn.t[slot][1]), (y, fn.t[slot][2])):
+                if operand[0] == "const":
+                    continue
+                product = self.product(fn, partial, h)
+                if operand[0] == "local" and self.local[operand[1]]:
+                    fn.g[operand[1]] = fn.op(f"fadd double {fn.g[operand[1]]}, {product}")
+                else:
+                    where = operand[1] if operand[0] == "val" else self.plan.slots[operand[1]][0]
+                    fn.add_to("adj", fn.lane(fn.index(where)), product)
+
+
+def _lanes_functions(w, inputs, params, outputs):
+    """IR of ``jitad_lanes``: LANES points' values (and gradients) in one call."""
+    plan = w.plan
+    args = "ptr noalias %val, ptr noalias %adj, ptr noalias %c, ptr noalias %failed"
+    passed = "ptr %val, ptr %adj, ptr %c, ptr %failed"
+    parts = []
+    for k, chunk in enumerate(plan.chunks):
+        fn = _Function(f"define internal void @lanes_forward{k}({args}) {{")
+        w.forward(fn, chunk)
+        fn.emit("ret void")
+        parts.append(fn.text())
+        fn = _Function(f"define internal void @lanes_reverse{k}({args}) {{")
+        w.reverse(fn, chunk)
+        fn.emit("ret void")
+        parts.append(fn.text())
+    # x: LANES rows of the inputs; p: rows of the parameters, pstep apart (0: shared);
+    # grad: LANES rows of the gradient; values: LANES rows of the outputs; failed: LANES.
+    names = ["val", "adj", "c", "x", "p", "grad", "values", "failed"]
+    fn = _Function(
+        f"define void @jitad_lanes({', '.join(f'i64 %i{a}' for a in names)}, i64 %pstep, i64 %want) {{"
+    )
+    for a in names:
+        fn.emit(f"%{a} = inttoptr i64 %i{a} to ptr")
+    out, nin, npar, m = int(outputs[0]), len(inputs), len(params), len(outputs)
+
+    def per_lane(body):
+        fn.loop(LANE, LANES, False, (), body)
+
+    def per_item(table, count, body):
+        # for j in range(count): body(j, table[j]) with an inner loop over the lanes
+        if not count:
+            return
+        loop = object()
+
+        def outer():
+            j = fn.k[loop]
+            i = fn.op(f"load i64, ptr {fn.op(f'getelementptr inbounds [{count} x i64], ptr {table}, i64 0, i64 {j}')}")
+            per_lane(lambda: body(j, i))
+
+        fn.loop(loop, count, False, (), outer)
+
+    def row(j, step):
+        return fn.op(f"add i64 {fn.op(f'mul i64 {fn.k[LANE]}, {step}')}, {j}")
+
+    per_item("@inputs", nin, lambda j, i: fn.store("val", fn.lane(i), fn.load("x", row(j, nin))))
+    per_item("@params", npar, lambda j, i: fn.store("val", fn.lane(i), fn.load("p", row(j, "%pstep"))))
+    per_lane(lambda: fn.emit(f"store i64 -1, ptr {fn.op(f'getelementptr inbounds i64, ptr %failed, i64 {fn.k[LANE]}')}"))
+    for k in range(len(plan.chunks)):
+        fn.emit(f"call void @lanes_forward{k}({passed})")
+    per_item("@outputs", m, lambda j, i: fn.store("values", row(j, m), fn.load("val", fn.lane(i))))
+    grad, done = fn.new("grad"), fn.new("done")
+    fn.emit(f"br i1 {fn.op('icmp ne i64 %want, 0')}, label {grad}, label {done}")
+    fn.label(grad)
+    per_lane(lambda: fn.store("adj", fn.lane(out), "1.0"))
+    for k in reversed(range(len(plan.chunks))):
+        fn.emit(f"call void @lanes_reverse{k}({passed})")
+
+    def gradient(j, i):
+        # an input the output does not depend on (recorded after it) gets 0
+        value = fn.load("adj", fn.lane(i))
+        fn.store("grad", row(j, nin), fn.op(f"select i1 {fn.op(f'icmp sle i64 {i}, {out}')}, double {value}, double 0.0"))
+
+    per_item("@inputs", nin, gradient)
+    fn.emit(f"br label {done}")
+    fn.label(done)
+    fn.emit("ret void")
+    parts.append(fn.text())
+    return parts
+
+
 def _copy(fn, table, count, src, dst, gather=False, limit=None):
     """for k in range(count): dst[table[k]] = src[k] (gather: dst[k] = src[table[k]], 0 where
     table[k] > limit)."""
@@ -371,9 +583,11 @@ def _array(name, values):
     return f"{name} = private unnamed_addr constant [{len(values)} x i64] {body}"
 
 
-def emit(plan, inputs, params, outputs, n):
+def emit(plan, inputs, params, outputs, exponents):
     """The module's IR text (without the formulas, which ``build`` links in) and the
-    opcodes whose formulas it calls."""
+    opcodes whose formulas it calls. ``exponents``: {slot: c} of ``x ** c`` entries whose c
+    is a literal in the code."""
+    n = plan.rr.n
     codes = set()
     stack = list(plan.chunks)
     while stack:
@@ -383,9 +597,9 @@ def emit(plan, inputs, params, outputs, n):
             elif node[0] == "entry":
                 codes.add(node[2])
     names = {code: f"jitad.f{code}" for code in codes}  # renamed by build
-    w = _Writer(plan, names)
+    w = _Writer(plan, names, exponents)
     out, nin, npar = int(outputs[0]), len(inputs), len(params)
-    parts = [_array("@inputs", inputs), _array("@params", params)]
+    parts = [_array("@inputs", inputs), _array("@params", params), _array("@outputs", outputs)]
     parts += [f'declare i32 @"{names[code]}"(ptr, ptr, double, double)' for code in sorted(codes)]
     last = len(plan.chunks) - 1
     fused = last >= 0 and not _has_entries([n for n in plan.chunks[last] if n[0] == "loop"])
@@ -463,12 +677,13 @@ def emit(plan, inputs, params, outputs, n):
     bad = fn.op(f"icmp sge i64 {failed}, 0")
     fn.emit(f"ret double {fn.op(f'select i1 {bad}, double {_NAN}, double {value}')}")
     parts.append(fn.text())
+    parts += _lanes_functions(_LanesWriter(plan, names, exponents), inputs, params, outputs)
     return "\n".join(parts), sorted(codes)
 
 
 # --- machine code --------------------------------------------------------------------------
 
-EXPORTED = ("jitad_replay", "jitad_value_and_grad", "jitad_entry")
+EXPORTED = ("jitad_replay", "jitad_value_and_grad", "jitad_entry", "jitad_lanes")
 OPT_LEVEL = 3
 VECTORIZE = True
 _TARGET = []
@@ -544,7 +759,7 @@ class Machine:
             self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine(shared=False))
             self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             self._engine.finalize_object()
-            self.replay, self.value_and_grad, self.entry = (
+            self.replay, self.value_and_grad, self.entry, self.lanes = (
                 self._engine.get_function_address(name) for name in EXPORTED
             )
 
@@ -558,6 +773,9 @@ def _caller(restype):
 
     @intrinsic
     def call(typingctx, address, args):
+        if not all(isinstance(t, types.Integer) for t in (address, *args)):
+            return None  # an address computed in floats (uint64 + int64 is float64 in NumPy's rules)
+
         def codegen(context, builder, signature, llargs):
             values = [builder.extract_value(llargs[1], j) for j in range(len(signature.args[1]))]
             fnty = ir.FunctionType(context.get_value_type(restype), [ir.IntType(64)] * len(values))
@@ -613,3 +831,34 @@ def call_batch(replay, value_and_grad, outputs, work, X, P, want_grad, values, g
         if f < 0:
             for j in range(outputs.shape[0]):
                 values[k, j] = val[outputs[j]]
+
+
+@_config.inline
+def _address(a):
+    return np.int64(a.ctypes.data)
+
+
+@_config.kernel
+def call_lanes(fn, w, workers, val, adj, c, X, P, want_grad, values, grads, failed):
+    """Worker w's share of the full blocks of LANES points of X (every workers-th block),
+    by ``jitad_lanes`` at fn. P: one row of parameters shared by all points, or one per
+    point. The last K % LANES points are the caller's."""
+    n, m = X.shape[1], values.shape[1]
+    p_step = P.shape[1] if P.shape[0] != 1 else 0
+    want = 1 if want_grad else 0
+    rows = (val.ctypes.data, adj.ctypes.data, c.ctypes.data)
+    for block in range(w, X.shape[0] // LANES, workers):
+        k = block * LANES
+        x = _address(X) + 8 * k * n
+        p = _address(P) + 8 * k * p_step
+        g = _address(grads) + 8 * k * n if want_grad else _address(grads)
+        _call_int(fn, (*rows, x, p, g, _address(values) + 8 * k * m, _address(failed) + 8 * k, p_step, want))
+    return 0
+
+
+@_config.kernel(parallel=True)
+def call_lanes_parallel(fn, workers, vals, adjs, c, X, P, want_grad, values, grads, failed):
+    """``call_lanes`` on ``workers`` threads, worker w with values and adjoints vals[w], adjs[w]."""
+    for w in numba.prange(workers):
+        call_lanes(fn, w, workers, vals[w], adjs[w], c, X, P, want_grad, values, grads, failed)
+    return 0

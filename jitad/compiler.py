@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numba
 import numpy as np
 
-from . import _config, codegen, kernels
+from . import _config, codegen, kernels, ops
 
 # --- reroll ------------------------------------------------------------------------------
 #
@@ -455,10 +455,12 @@ _MEMORY = {}  # structure key -> Compiled, for this process
 _MEMORY_LOCK = threading.Lock()
 
 
-def structure_key(op, a, b, inputs, params, outputs):
-    """A hash of everything the generated code depends on (no values)."""
+def structure_key(op, a, b, const, inputs, params, outputs):
+    """A hash of everything the generated code depends on: no values, and of the constants
+    only the exponents of ``x ** c`` (x ** 2 and x ** 3 are different operations: the code
+    has the exponent as a literal, so that x ** 2 compiles to x * x)."""
     h = hashlib.sha256(_VERSION.encode())
-    for arr in (op, a, b, inputs, params, outputs):
+    for arr in (op, a, b, inputs, params, outputs, const[op == ops.CODE["powc"]]):
         arr = np.ascontiguousarray(arr)
         h.update(f"{arr.dtype.str}{arr.shape}".encode())
         h.update(arr.tobytes())
@@ -472,12 +474,28 @@ def cache_dir():
     return Path(_config.CACHE_DIR) / "compiled"
 
 
-def generate(op, a, b, outputs, inputs, params):
+def generate(op, a, b, const, outputs, inputs, params):
     """(IR text, opcodes it calls, summary) of the module for a program's structure."""
     rr = reroll(op, a, b)
     plan = _Plan(rr, op, a, b, outputs)
-    text, codes = codegen.emit(plan, inputs, params, outputs, op.shape[0])
+    text, codes = codegen.emit(plan, inputs, params, outputs, _exponents(plan, op, const))
     return text, codes, {**rr.summary(), "functions": text.count("\ndefine ")}
+
+
+def _exponents(plan, op, const):
+    """{slot: exponent} of the ``x ** c`` entries whose c is the same in every repetition."""
+    out = {}
+    powc = ops.CODE["powc"]
+    for slot, ((base, terms), counts, _) in enumerate(plan.slots):
+        if op[base] != powc:
+            continue
+        idx = np.array([base])
+        for loop, coef in terms:
+            idx = (idx[:, None] + coef * np.arange(counts[loop])[None, :]).ravel()
+        bits = const[idx].view(np.int64)
+        if np.all(bits == bits[0]):
+            out[slot] = float(const[base])
+    return out
 
 
 class Compiled:
@@ -494,6 +512,7 @@ class Compiled:
         self.address = machine.entry
         types = (_I8, *ENTRY_TYPES) if self.params else (_I8, *ENTRY_TYPES[:2], ENTRY_TYPES[3])
         self.entry = direct(codegen.call_entry_params if self.params else codegen.call_entry, types)
+        self._local = threading.local()
         self.compile_s = None
 
     def replay(self, program, w, x, p):
@@ -510,15 +529,42 @@ class Compiled:
         grad[...] = out
         return failed
 
-    def batch(self, rows, X, P, want_grad, values, grads, failed):
+    def batch(self, rows, X, P, want_grad, values, grads, failed, workers=1):
         """A replay (or replay and sweep) per row of X (K, n): values (K, m), grads (K, n),
-        failed (K,): the first failed guard of each point, or -1. P: (1 or K, parameters)."""
+        failed (K,): the first failed guard of each point, or -1. P: (1 or K, parameters).
+        rows: this thread's work rows of the program (values as recorded, constants).
+        Blocks of LANES points run side by side (``workers`` threads share them: the caller
+        holds what launching Numba's threads needs); the last K % LANES one by one."""
         X, P = np.ascontiguousarray(X, dtype=np.float64), np.ascontiguousarray(P, dtype=np.float64)
         g = grads if grads.flags.c_contiguous else np.empty_like(grads)
-        m = self.machine
-        codegen.call_batch(m.replay, m.value_and_grad, self.outputs, rows, X, P, want_grad, values, g, failed)
+        m, c = self.machine, rows[4]
+        K, L = X.shape[0], codegen.LANES
+        full = K - K % L
+        if full:
+            val, adj = self._lanes_rows(rows, workers)
+            if workers > 1:
+                codegen.call_lanes_parallel(m.lanes, workers, val, adj, c, X, P, want_grad, values, g, failed)
+            else:
+                codegen.call_lanes(m.lanes, 0, 1, val[0], adj[0], c, X, P, want_grad, values, g, failed)
+        if full < K:
+            rest = slice(full, K)
+            Pr = P if P.shape[0] == 1 else P[rest]
+            gr = g[rest] if want_grad else g
+            args = (self.outputs, rows, X[rest], Pr, want_grad, values[rest], gr, failed[rest])
+            codegen.call_batch(m.replay, m.value_and_grad, *args)
         if g is not grads:
             grads[...] = g
+
+    def _lanes_rows(self, rows, workers):
+        """This thread's values and adjoints of LANES points for each of ``workers`` threads,
+        for the program whose work rows are rows: its recorded values (constant leaves keep
+        theirs) side by side."""
+        local = self._local
+        if getattr(local, "rows", None) is not rows or local.lanes[0].shape[0] < workers:
+            val = np.repeat(rows[0], codegen.LANES)
+            local.lanes = (np.tile(val, (workers, 1)), np.empty((workers, val.shape[0])))
+            local.rows = rows
+        return local.lanes
 
 
 def compile_program(op, a, b, const, value, inputs, params, outputs):
@@ -526,7 +572,7 @@ def compile_program(op, a, b, const, value, inputs, params, outputs):
     The call loads it and runs it once (on scratch arrays), so it is ready to run."""
     if numba.config.DISABLE_JIT:
         raise RuntimeError("the compiled tier needs Numba's JIT (NUMBA_DISABLE_JIT is set)")
-    key = structure_key(op, a, b, inputs, params, outputs)
+    key = structure_key(op, a, b, const, inputs, params, outputs)
     with _MEMORY_LOCK:
         hit = _MEMORY.get(key)
     if hit is not None:
@@ -545,7 +591,7 @@ def compile_program(op, a, b, const, value, inputs, params, outputs):
     if machine is None:
         summary["disk"] = False
         _check_exit()
-        text, codes, shape = generate(op, a, b, outputs, inputs, params)
+        text, codes, shape = generate(op, a, b, const, outputs, inputs, params)
         summary.update(shape)
         _check_exit()
         obj, symbols = codegen.build(text, codes, None if directory is None else directory / "formulas")
@@ -578,8 +624,11 @@ def _warm(compiled, const, value, inputs, params, outputs):
         compiled.entry(compiled.address, work, x, p, grad)
     else:
         compiled.entry(compiled.address, work, x, grad)
-    values, grads, failed = np.empty((1, outputs.shape[0])), np.empty((1, grad.shape[0])), np.empty(1, dtype=np.int64)
-    compiled.batch(work, x[None, :], p[None, :], True, values, grads, failed)
+    K = codegen.LANES + 1  # a block of lanes and one point
+    values, grads = np.empty((K, outputs.shape[0])), np.empty((K, grad.shape[0]))
+    X, P = np.repeat(x[None, :], K, axis=0), p[None, :]
+    for workers in (1, 2):
+        compiled.batch(work, X, P, True, values, grads, np.empty(K, dtype=np.int64), workers)
     program = SimpleNamespace(const=const)
     rows = SimpleNamespace(val=work[0], da=work[1], db=work[2], adj=work[3])
     compiled.replay(program, rows, x, p)

@@ -15,7 +15,7 @@ from programs import points, programs, property_settings
 from test_trace import BAD_X, f3
 
 import jitad
-from jitad import compiler, kernels
+from jitad import codegen, compiler, kernels
 from jitad.trace import _NO_PARAMS, _PACKED_SAMPLE, _Work
 
 
@@ -392,3 +392,34 @@ def test_compiled_batches_from_threads(tiers):
         t.join()
     for r, e in zip(results, expected):
         same(r, e)
+
+
+@property_settings(25)
+@given(programs(n_inputs=st.integers(1, 4)), st.data())
+def test_random_programs_in_lanes(prog, data):
+    # Blocks of LANES points side by side (one and two threads) and the points left over,
+    # against the interpreter's batch kernel: the same bits, and the same failed guards.
+    x0 = data.draw(points(prog.n_inputs))
+    try:
+        program = jitad.trace(prog, x0).tape
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return
+    c = compiler.compile_program(
+        program.op, program.a, program.b, program.const, program.value, program.inputs, program.params, program.outputs
+    )
+    K = 2 * codegen.LANES + 3
+    X = np.array([data.draw(points(prog.n_inputs)) for _ in range(K)])
+    P = np.empty((1, 0))
+    m = program.outputs.size
+    want = np.empty((K, m)), np.empty((K, prog.n_inputs)), np.empty(K, dtype=np.int64)
+    columns = (program.op, program.a, program.b, program.const, program.value, program.inputs, program.params)
+    scratch = np.empty((1, 4, len(program), 4))
+    lanes = np.empty((1, 4), dtype=np.int64)
+    kernels.batch_share(*columns, program.outputs, X, P, 0, 1, True, *want, scratch[0], lanes[0])
+    for workers in (1, 2):
+        got = np.empty((K, m)), np.empty((K, prog.n_inputs)), np.empty(K, dtype=np.int64)
+        c.batch(_Work(program).rows, X, P, True, *got, workers)
+        same(got[2], want[2])
+        ok = want[2] < 0
+        same(got[0][ok], want[0][ok])
+        same(got[1][ok], want[1][ok])
