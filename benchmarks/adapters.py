@@ -129,7 +129,7 @@ class JitadReplay(Adapter):
         M = jitad_namespace()
         f = w.f
         t0 = time.perf_counter()
-        F = jitad.trace(lambda x: f(x, M), w.x0)
+        F = jitad.trace(lambda x: f(x, M), w.x0, compile=False)  # the interpreter; the compiled tier: bench_compiler
         trace_s = time.perf_counter() - t0
         p = Prepared(F.value_and_grad, ops=len(F.tape), ops_note="tape entries (leaves included)", compile_s=trace_s)
         p.F = F

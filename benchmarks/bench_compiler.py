@@ -19,6 +19,7 @@ from pathlib import Path
 
 os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="jitad-bench-compiler-")  # before numba loads
 
+import numba
 import numpy as np
 
 import jitad
@@ -29,6 +30,7 @@ from .adapters import CasadiSX, NumbaHand, Unavailable, jitad_namespace
 from .measure import cpu_name, median_time
 
 REPEATS = 200
+BATCH = 64  # points per grad_batch
 RESULTS = Path(__file__).with_name("RESULTS_compiler.md")
 
 
@@ -40,7 +42,7 @@ def _compile(program):
 
 def row(w):
     M = jitad_namespace()
-    F = jitad.trace(lambda x: w.f(x, M), w.x0)
+    F = jitad.trace(lambda x: w.f(x, M), w.x0, compile=False)
     p = F.tape
     t0 = time.perf_counter()
     rr = compiler.reroll(p.op, p.a, p.b)
@@ -83,8 +85,23 @@ def row(w):
         cas_t = median_time(lambda: cg(next(it)), REPEATS)
     except Unavailable:
         cas_t = float("nan")
+    # Batches (item 4), one thread: grad_batch per point against a loop over the hand-written
+    # gradient; the compiled tier runs blocks of LANES points side by side.
+    Xb = w.points(BATCH, seed=5)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        batch = {}
+        for key, fn in (("batch_interp", F.value_and_grad_batch), ("batch_comp", C.value_and_grad_batch)):
+            fn(Xb)
+            batch[key] = median_time(lambda fn=fn: fn(Xb), 7) / BATCH
+        assert np.array_equal(F.value_and_grad_batch(Xb)[1], C.value_and_grad_batch(Xb)[1])
+    finally:
+        numba.set_num_threads(threads)
+    batch["batch_hand"] = median_time(lambda: [hand(x) for x in Xb], 7) / BATCH
     s = rr.summary()
     return {
+        **batch,
         "label": w.label, "entries": len(p), "static": s["static"], "functions": c.summary.get("functions", 0),
         "reroll_s": reroll_s, "cold_s": cold_s, "disk_s": disk_s, "memory_s": memory_s, "first_s": first_s,
         "interp": interp, "comp": comp, "hand": hand_t, "casadi": cas_t, "identical": identical,
@@ -159,7 +176,7 @@ def small():
     rounds, each timing CALLS calls of every contender at rotating points."""
     w = W.by_name("seed")
     M = jitad_namespace()
-    interp = jitad.trace(lambda x: w.f(x, M), w.x0)
+    interp = jitad.trace(lambda x: w.f(x, M), w.x0, compile=False)
     comp = jitad.trace(lambda x: w.f(x, M), w.x0, compile=True)
     comp.grad(w.x0)
     comp.grad(w.x0)  # the second call starts the compile
@@ -221,19 +238,23 @@ def main(names):
         (
             "| workload | tape entries | rerolled (entries in code) | reroll (s) | compile cold (s) | from disk (s) "
             "| from memory (ms) | first call, compile=True (ms) | interpreter (µs) | compiled (µs) | hand Numba (µs) "
-            "| CasADi SX (µs) | compiled / hand | compiled / CasADi | bit-identical |"
+            "| CasADi SX (µs) | compiled / hand | compiled / CasADi | bit-identical "
+            "| batch per point: interpreter / compiled / hand loop (µs) | batch compiled / hand |"
         ),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['label']} | {r['entries']:,} | {r['static']:,} in {r['functions']} functions | {r['reroll_s']:.2f} "
             f"| {r['cold_s']:.1f} | {r['disk_s']:.2f} | {r['memory_s'] * 1e3:.2f} | {r['first_s'] * 1e3:.1f} "
             f"| {fmt_us(r['interp'])} | {fmt_us(r['comp'])} | {fmt_us(r['hand'])} | {fmt_us(r['casadi'])} "
-            f"| {r['comp'] / r['hand']:.1f}x | {r['comp'] / r['casadi']:.2f}x | {'yes' if r['identical'] else 'NO'} |"
+            f"| {r['comp'] / r['hand']:.1f}x | {r['comp'] / r['casadi']:.2f}x | {'yes' if r['identical'] else 'NO'} "
+            f"| {fmt_us(r['batch_interp'])} / {fmt_us(r['batch_comp'])} / {fmt_us(r['batch_hand'])} "
+            f"| {r['batch_comp'] / r['batch_hand']:.2f}x |"
         )
     header = _machine(
-        f"Medians of {REPEATS} `value_and_grad` calls at new points; "
+        f"Medians of {REPEATS} `value_and_grad` calls at new points; batches: medians of 7 "
+        f"`value_and_grad_batch` calls of {BATCH} new points on one thread, per point; "
         "`python -m benchmarks.bench_compiler` reproduces it."
     )
     text = "\n".join([header, "", *lines])

@@ -47,7 +47,7 @@ def main():
     from jitad import dask as jd
 
     load_before = os.getloadavg()[0]
-    F = jitad.trace(rosen, np.full(N, 0.5))
+    F = jitad.trace(rosen, np.full(N, 0.5), compile=False)
     X = np.random.default_rng(0).uniform(-2, 2, size=(K, N))
     cores = os.cpu_count()
     rows = []  # (setup, data, seconds for K gradients)

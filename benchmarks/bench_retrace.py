@@ -26,12 +26,12 @@ def main():
     for n in (100, 1000, 10000):
         plus = np.full(n, 0.5)
         minus = -plus
-        F = jitad.trace(branchy_rosenbrock, plus)
+        F = jitad.trace(branchy_rosenbrock, plus, compile=False)
         F.grad(plus)
         replay = median_time(lambda: F.grad(plus), 30)
 
         def first_flip():
-            G = jitad.trace(branchy_rosenbrock, plus)
+            G = jitad.trace(branchy_rosenbrock, plus, compile=False)
             G.grad(plus)
             t0 = time.perf_counter()
             G.grad(minus)

@@ -77,7 +77,7 @@ def measure(n, calls, repeats=REPEATS):
     way. Both take turns within each repetition, so the control shows how much of a second
     core was free while the workload ran."""
     rng = np.random.default_rng(0)
-    F = jitad.trace(rosen, rng.normal(size=n))
+    F = jitad.trace(rosen, rng.normal(size=n), compile=False)
     points = [rng.normal(size=n) for _ in range(calls)]
     # Same answers in threads as serially, before timing anything.
     serial = [F.grad(x) for x in points[:8]]

@@ -108,7 +108,7 @@ def warm_up():
         out["jitad_eager_kernels_s"] = time.perf_counter() - t
         if hasattr(jitad, "trace"):
             t = time.perf_counter()
-            F = jitad.trace(lambda x: W.seed(x, M), np.array([1.5, 0.5]))
+            F = jitad.trace(lambda x: W.seed(x, M), np.array([1.5, 0.5]), compile=False)
             F.value_and_grad(np.array([1.0, 0.4]))
             out["jitad_replay_kernels_s"] = time.perf_counter() - t
             for name, call in (
@@ -274,7 +274,7 @@ def seed_latency():
         import jitad
 
         M = A.jitad_namespace()
-        F = jitad.trace(lambda v: W.seed(v, M), w.x0)
+        F = jitad.trace(lambda v: W.seed(v, M), w.x0, compile=False)
         out["jitad F.grad"] = timeit_loop(lambda: F.grad(x))
         out["jitad F.value_and_grad"] = timeit_loop(lambda: F.value_and_grad(x))
         out["jitad F(x)"] = timeit_loop(lambda: F(x))
@@ -342,7 +342,7 @@ def batches(quick):
         import jitad
 
         M = A.jitad_namespace()
-        F = jitad.trace(lambda x: W.rosenbrock(x, M), w.x0)
+        F = jitad.trace(lambda x: W.rosenbrock(x, M), w.x0, compile=False)
         if not hasattr(F, "grad_batch"):
             res["notes"].append("jitad grad_batch not available yet")
             F = None
@@ -414,7 +414,7 @@ def second_order(quick):
     M = A.jitad_namespace()
     ws = [W.make_rosenbrock(1000, "rosen1k")] + ([] if quick else [W.make_mlp(100)])
     for w in ws:
-        F = jitad.trace(lambda x, f=w.f: f(x, M), w.x0)
+        F = jitad.trace(lambda x, f=w.f: f(x, M), w.x0, compile=False)
         if not hasattr(F, "hvp"):
             out["notes"].append("F.hvp not available yet")
             break
@@ -434,7 +434,7 @@ def second_order(quick):
     w = W.make_rosenbrock(n)
     x = w.points(1, seed=5)[0]
     H_ref = _rosen_hessian(x)
-    F = jitad.trace(lambda x: W.rosenbrock(x, M), w.x0)
+    F = jitad.trace(lambda x: W.rosenbrock(x, M), w.x0, compile=False)
     if hasattr(F, "hessian"):
         t = timeit_loop(lambda: F.hessian(x), min_time=0.2, repeat=3)[0]
         out["hessian"].append(dict(system="jitad F.hessian", seconds=t, err=rel_error(F.hessian(x), H_ref)))

@@ -686,6 +686,7 @@ def emit(plan, inputs, params, outputs, exponents):
 EXPORTED = ("jitad_replay", "jitad_value_and_grad", "jitad_entry", "jitad_lanes")
 OPT_LEVEL = 3
 VECTORIZE = True
+UNROLL = True
 _TARGET = []
 
 
@@ -739,6 +740,7 @@ def build(text, codes, formula_dir):
         options = llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL)
         options.loop_vectorization = VECTORIZE
         options.slp_vectorization = VECTORIZE
+        options.loop_unrolling = UNROLL
         builder = llvm.create_pass_builder(tm, options)
         builder.getModulePassManager().run(module, builder)
         symbols = sorted(
