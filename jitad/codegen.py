@@ -583,10 +583,11 @@ def _array(name, values):
     return f"{name} = private unnamed_addr constant [{len(values)} x i64] {body}"
 
 
-def emit(plan, inputs, params, outputs, exponents):
+def emit(plan, inputs, params, outputs, exponents, lanes=False):
     """The module's IR text (without the formulas, which ``build`` links in) and the
-    opcodes whose formulas it calls. ``exponents``: {slot: c} of ``x ** c`` entries whose c
-    is a literal in the code."""
+    opcodes whose formulas it calls: the calls of one point (SCALAR), or with ``lanes`` the
+    batches' (LANES_EXPORTED). ``exponents``: {slot: c} of ``x ** c`` entries whose c is a
+    literal in the code."""
     n = plan.rr.n
     codes = set()
     stack = list(plan.chunks)
@@ -601,6 +602,9 @@ def emit(plan, inputs, params, outputs, exponents):
     out, nin, npar = int(outputs[0]), len(inputs), len(params)
     parts = [_array("@inputs", inputs), _array("@params", params), _array("@outputs", outputs)]
     parts += [f'declare i32 @"{names[code]}"(ptr, ptr, double, double)' for code in sorted(codes)]
+    if lanes:
+        parts += _lanes_functions(_LanesWriter(plan, names, exponents), inputs, params, outputs)
+        return "\n".join(parts), sorted(codes)
     last = len(plan.chunks) - 1
     fused = last >= 0 and not _has_entries([n for n in plan.chunks[last] if n[0] == "loop"])
     for k, chunk in enumerate(plan.chunks):
@@ -677,16 +681,16 @@ def emit(plan, inputs, params, outputs, exponents):
     bad = fn.op(f"icmp sge i64 {failed}, 0")
     fn.emit(f"ret double {fn.op(f'select i1 {bad}, double {_NAN}, double {value}')}")
     parts.append(fn.text())
-    parts += _lanes_functions(_LanesWriter(plan, names, exponents), inputs, params, outputs)
     return "\n".join(parts), sorted(codes)
 
 
 # --- machine code --------------------------------------------------------------------------
 
-EXPORTED = ("jitad_replay", "jitad_value_and_grad", "jitad_entry", "jitad_lanes")
+SCALAR = ("jitad_replay", "jitad_value_and_grad", "jitad_entry")
+LANES_EXPORTED = ("jitad_lanes",)
 OPT_LEVEL = 3
 VECTORIZE = True
-UNROLL = True
+UNROLL = False  # measured: unrolled lanes loops (8 copies before vectorizing) compile ~1.6x slower, run no faster
 _TARGET = []
 
 
@@ -706,7 +710,7 @@ def _target_machine(shared=True):
     return tm
 
 
-def build(text, codes, formula_dir):
+def build(text, codes, formula_dir, exported):
     """Object code of the module: the formulas linked in and inlined, optimized at -O3
     (loop and SLP vectorization on, as Numba's; no fast-math, so no reassociation).
     Returns (object bytes, external symbols it needs)."""
@@ -732,7 +736,7 @@ def build(text, codes, formula_dir):
             formula.add_function_attribute("alwaysinline")
             module.link_in(part)
         for f in module.functions:
-            if not f.is_declaration and f.name not in EXPORTED:
+            if not f.is_declaration and f.name not in exported:
                 f.linkage = "internal"
         module.triple = tm.triple
         module.data_layout = str(tm.target_data)
@@ -751,9 +755,10 @@ def build(text, codes, formula_dir):
 
 
 class Machine:
-    """Object code loaded into memory: the exported functions' addresses."""
+    """Object code loaded into memory: each exported function's address, as an attribute
+    named without its ``jitad_`` prefix."""
 
-    def __init__(self, obj, symbols):
+    def __init__(self, obj, symbols, exported):
         missing = [s for s in symbols if not llvm.address_of_symbol(s)]
         if missing:  # LLVM would abort the process on an unresolved symbol
             raise RuntimeError(f"compiled code needs symbols this process lacks: {missing}")
@@ -761,9 +766,8 @@ class Machine:
             self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine(shared=False))
             self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             self._engine.finalize_object()
-            self.replay, self.value_and_grad, self.entry, self.lanes = (
-                self._engine.get_function_address(name) for name in EXPORTED
-            )
+            for name in exported:
+                setattr(self, name.removeprefix("jitad_"), self._engine.get_function_address(name))
 
 
 # --- calls from Numba ----------------------------------------------------------------------

@@ -474,11 +474,12 @@ def cache_dir():
     return Path(_config.CACHE_DIR) / "compiled"
 
 
-def generate(op, a, b, const, outputs, inputs, params):
-    """(IR text, opcodes it calls, summary) of the module for a program's structure."""
+def generate(op, a, b, const, outputs, inputs, params, lanes=False):
+    """(IR text, opcodes it calls, summary) of a module for a program's structure: its
+    single-point calls, or with ``lanes`` its batches'."""
     rr = reroll(op, a, b)
     plan = _Plan(rr, op, a, b, outputs)
-    text, codes = codegen.emit(plan, inputs, params, outputs, _exponents(plan, op, const))
+    text, codes = codegen.emit(plan, inputs, params, outputs, _exponents(plan, op, const), lanes)
     return text, codes, {**rr.summary(), "functions": text.count("\ndefine ")}
 
 
@@ -513,6 +514,9 @@ class Compiled:
         types = (_I8, *ENTRY_TYPES) if self.params else (_I8, *ENTRY_TYPES[:2], ENTRY_TYPES[3])
         self.entry = direct(codegen.call_entry_params if self.params else codegen.call_entry, types)
         self._local = threading.local()
+        self._lanes = None  # the batches' Machine, built at the first batch of LANES points or more
+        self._lanes_lock = threading.Lock()
+        self._lanes_thread = None
         self.compile_s = None
 
     def replay(self, program, w, x, p):
@@ -529,23 +533,25 @@ class Compiled:
         grad[...] = out
         return failed
 
-    def batch(self, rows, X, P, want_grad, values, grads, failed, workers=1):
+    def batch(self, program, rows, X, P, want_grad, values, grads, failed, workers=1):
         """A replay (or replay and sweep) per row of X (K, n): values (K, m), grads (K, n),
         failed (K,): the first failed guard of each point, or -1. P: (1 or K, parameters).
         rows: this thread's work rows of the program (values as recorded, constants).
         Blocks of LANES points run side by side (``workers`` threads share them: the caller
-        holds what launching Numba's threads needs); the last K % LANES one by one."""
+        holds what launching Numba's threads needs) once their code is ready (the first
+        such batch starts compiling it), the other points one by one."""
         X, P = np.ascontiguousarray(X, dtype=np.float64), np.ascontiguousarray(P, dtype=np.float64)
         g = grads if grads.flags.c_contiguous else np.empty_like(grads)
         m, c = self.machine, rows[4]
         K, L = X.shape[0], codegen.LANES
-        full = K - K % L
+        lanes = self.lanes(program) if K >= L else None
+        full = 0 if lanes is None else K - K % L
         if full:
             val, adj = self._lanes_rows(rows, workers)
             if workers > 1:
-                codegen.call_lanes_parallel(m.lanes, workers, val, adj, c, X, P, want_grad, values, g, failed)
+                codegen.call_lanes_parallel(lanes, workers, val, adj, c, X, P, want_grad, values, g, failed)
             else:
-                codegen.call_lanes(m.lanes, 0, 1, val[0], adj[0], c, X, P, want_grad, values, g, failed)
+                codegen.call_lanes(lanes, 0, 1, val[0], adj[0], c, X, P, want_grad, values, g, failed)
         if full < K:
             rest = slice(full, K)
             Pr = P if P.shape[0] == 1 else P[rest]
@@ -554,6 +560,46 @@ class Compiled:
             codegen.call_batch(m.replay, m.value_and_grad, *args)
         if g is not grads:
             grads[...] = g
+
+    def lanes(self, program, wait=False):
+        """The address of the batches' code for LANES points, or None while it compiles (in
+        a background thread started by the first call; ``wait``: until it is ready)."""
+        if self._lanes is not None:
+            return self._lanes.lanes
+        with self._lanes_lock:
+            if self._lanes_thread is None and not _EXITING.is_set():
+                arrays = (program.op, program.a, program.b, program.const, program.outputs, program.inputs, program.params)
+                args = (arrays, program.value)
+                self._lanes_thread = threading.Thread(target=self._build_lanes, args=args, daemon=True)
+                _BUILDS.add(self._lanes_thread)
+                self._lanes_thread.start()
+            thread = self._lanes_thread
+        if wait and thread is not None:
+            thread.join()
+        return None if self._lanes is None else self._lanes.lanes
+
+    def _build_lanes(self, program, value):
+        try:
+            machine, _ = _machine(self.key, "-lanes", program, codegen.LANES_EXPORTED, {})
+            # Its kernels run once here (compiled, or loaded from Numba's cache), on one
+            # thread and on two: the batch that finds it ready waits for nothing.
+            _, _, _, const, outputs, inputs, params = program
+            L, n = codegen.LANES, value.shape[0]
+            X = np.repeat(value[inputs][None, :], L, axis=0)
+            P = np.ascontiguousarray(value[params][None, :])
+            out = np.empty((L, outputs.shape[0])), np.empty((L, inputs.shape[0])), np.empty(L, dtype=np.int64)
+            val, adj = np.tile(np.repeat(value, L), (2, 1)), np.empty((2, n * L))
+            codegen.call_lanes(machine.lanes, 0, 1, val[0], adj[0], const, X, P, True, *out)
+            codegen.call_lanes_parallel(machine.lanes, 2, val, adj, const, X, P, True, *out)
+            self._lanes = machine
+        except _Cancelled:
+            pass
+        except Exception as e:  # noqa: BLE001 - batches keep running point by point; say why once
+            import warnings
+
+            warnings.warn(f"jitad: compiling the tape's batches failed, they run point by point: {e!r}", RuntimeWarning)
+        finally:
+            _BUILDS.discard(threading.current_thread())
 
     def _lanes_rows(self, rows, workers):
         """This thread's values and adjoints of LANES points for each of ``workers`` threads,
@@ -578,31 +624,37 @@ def compile_program(op, a, b, const, value, inputs, params, outputs):
     if hit is not None:
         return hit
     t0 = time.perf_counter()
-    directory = cache_dir()
-    path = None if directory is None else directory / f"{key}.o"
-    body = None if path is None else codegen.read_checked(path, key)
-    summary = {"disk": body is not None, "params": len(params)}
-    machine = None
-    if body is not None:
-        # A missing, torn or altered file is rebuilt, never trusted.
-        head, _, obj = body.partition(b"\n")
-        with contextlib.suppress(Exception):
-            machine = codegen.Machine(obj, head.decode().split())
-    if machine is None:
-        summary["disk"] = False
-        _check_exit()
-        text, codes, shape = generate(op, a, b, const, outputs, inputs, params)
-        summary.update(shape)
-        _check_exit()
-        obj, symbols = codegen.build(text, codes, None if directory is None else directory / "formulas")
-        if path is not None:
-            codegen.write_checked(path, key, " ".join(symbols).encode() + b"\n" + obj)
-        machine = codegen.Machine(obj, symbols)
+    summary = {"params": len(params)}
+    program = (op, a, b, const, outputs, inputs, params)
+    machine, path = _machine(key, "", program, codegen.SCALAR, summary)
     compiled = Compiled(key, machine, summary, path, outputs)
     _warm(compiled, const, value, inputs, params, outputs)
     compiled.compile_s = time.perf_counter() - t0
     with _MEMORY_LOCK:
         return _MEMORY.setdefault(key, compiled)
+
+
+def _machine(key, suffix, program, exported, summary):
+    """(Machine, cache path) of one module of a structure: from the disk cache, or built
+    (and written there). summary gets "disk" and, when built, the rerolled sizes."""
+    directory = cache_dir()
+    path = None if directory is None else directory / f"{key}{suffix}.o"
+    body = None if path is None else codegen.read_checked(path, key)
+    if body is not None:
+        # A missing, torn or altered file is rebuilt, never trusted.
+        head, _, obj = body.partition(b"\n")
+        with contextlib.suppress(Exception):
+            summary["disk"] = True
+            return codegen.Machine(obj, head.decode().split(), exported), path
+    summary["disk"] = False
+    _check_exit()
+    text, codes, shape = generate(*program, lanes=exported is codegen.LANES_EXPORTED)
+    summary.update(shape)
+    _check_exit()
+    obj, symbols = codegen.build(text, codes, None if directory is None else directory / "formulas", exported)
+    if path is not None:
+        codegen.write_checked(path, key, " ".join(symbols).encode() + b"\n" + obj)
+    return codegen.Machine(obj, symbols, exported), path
 
 
 def _check_exit():
@@ -624,11 +676,8 @@ def _warm(compiled, const, value, inputs, params, outputs):
         compiled.entry(compiled.address, work, x, p, grad)
     else:
         compiled.entry(compiled.address, work, x, grad)
-    K = codegen.LANES + 1  # a block of lanes and one point
-    values, grads = np.empty((K, outputs.shape[0])), np.empty((K, grad.shape[0]))
-    X, P = np.repeat(x[None, :], K, axis=0), p[None, :]
-    for workers in (1, 2):
-        compiled.batch(work, X, P, True, values, grads, np.empty(K, dtype=np.int64), workers)
+    values, grads = np.empty((1, outputs.shape[0])), np.empty((1, grad.shape[0]))
+    compiled.batch(None, work, x[None, :], p[None, :], True, values, grads, np.empty(1, dtype=np.int64))
     program = SimpleNamespace(const=const)
     rows = SimpleNamespace(val=work[0], da=work[1], db=work[2], adj=work[3])
     compiled.replay(program, rows, x, p)

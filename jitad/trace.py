@@ -644,7 +644,7 @@ class TapeFunction:
                 seen[:] = [K - pending.size, failed, size]
                 if compiled is not None:
                     with _parallel_launch() if workers > 1 else contextlib.nullcontext():
-                        compiled.batch(self._work(program).rows, Xp, Pp, want_grad, v, g, failed, workers)
+                        compiled.batch(program, self._work(program).rows, Xp, Pp, want_grad, v, g, failed, workers)
                 elif workers == 1:
                     kernels.batch_share(
                         *columns, program.outputs, Xp, Pp, 0, 1, want_grad, v, g, failed, scratch[0], lanes[0]

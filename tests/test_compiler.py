@@ -63,6 +63,7 @@ def compiled(f, x0, *args, **kw):
     F._tier.get(F.tape)  # the second starts compiling
     assert F._tier.wait(timeout=600)
     assert F._tier.ready(F.tape) is not None, F._tier.errors
+    assert F._tier.ready(F.tape).lanes(F.tape, wait=True) is not None  # and its batches' code
     return F
 
 

@@ -52,6 +52,7 @@ def compiled(f, x0, *args, **kw):
     F(x0, *args)  # the second starts compiling
     assert F._tier.wait(timeout=600)
     assert F._tier.ready(F.tape) is not None, F._tier.errors
+    assert F._tier.ready(F.tape).lanes(F.tape, wait=True) is not None  # and its batches' code
     return F
 
 
@@ -416,9 +417,10 @@ def test_random_programs_in_lanes(prog, data):
     scratch = np.empty((1, 4, len(program), 4))
     lanes = np.empty((1, 4), dtype=np.int64)
     kernels.batch_share(*columns, program.outputs, X, P, 0, 1, True, *want, scratch[0], lanes[0])
+    assert c.lanes(program, wait=True) is not None
     for workers in (1, 2):
         got = np.empty((K, m)), np.empty((K, prog.n_inputs)), np.empty(K, dtype=np.int64)
-        c.batch(_Work(program).rows, X, P, True, *got, workers)
+        c.batch(program, _Work(program).rows, X, P, True, *got, workers)
         same(got[2], want[2])
         ok = want[2] < 0
         same(got[0][ok], want[0][ok])
