@@ -451,8 +451,17 @@ _HERE = Path(__file__)
 _VERSION = hashlib.sha256(
     _HERE.read_bytes() + _HERE.with_name("codegen.py").read_bytes() + _config._SOURCES.encode()
 ).hexdigest()
-_MEMORY = {}  # structure key -> Compiled, for this process
+_MEMORY = {}  # structure key -> Compiled, for this process (the MEMORY_KEPT last built)
 _MEMORY_LOCK = threading.Lock()
+MEMORY_KEPT = 256
+# Entries in the generated code (each loop body once) beyond which a program is not
+# compiled: LLVM takes ~10 ms per entry, and a tape with little repetition (each entry its
+# own code) would take minutes and gigabytes. The interpreter runs it.
+MAX_STATIC = 4_000
+
+
+class TooIrregular(Exception):
+    """The program repeats too little to be worth compiling (see MAX_STATIC)."""
 
 
 def structure_key(op, a, b, const, inputs, params, outputs):
@@ -478,6 +487,9 @@ def generate(op, a, b, const, outputs, inputs, params, lanes=False):
     """(IR text, opcodes it calls, summary) of a module for a program's structure: its
     single-point calls, or with ``lanes`` its batches'."""
     rr = reroll(op, a, b)
+    static = rr.summary()["static"]
+    if static > MAX_STATIC:
+        raise TooIrregular(f"{static:,} entries in code after rerolling {len(op):,} (at most {MAX_STATIC:,} are compiled)")
     plan = _Plan(rr, op, a, b, outputs)
     text, codes = codegen.emit(plan, inputs, params, outputs, _exponents(plan, op, const), lanes)
     return text, codes, {**rr.summary(), "functions": text.count("\ndefine ")}
@@ -631,7 +643,10 @@ def compile_program(op, a, b, const, value, inputs, params, outputs):
     _warm(compiled, const, value, inputs, params, outputs)
     compiled.compile_s = time.perf_counter() - t0
     with _MEMORY_LOCK:
-        return _MEMORY.setdefault(key, compiled)
+        compiled = _MEMORY.setdefault(key, compiled)
+        while len(_MEMORY) > MEMORY_KEPT:  # the oldest goes (TapeFunctions keep theirs)
+            del _MEMORY[next(iter(_MEMORY))]
+        return compiled
 
 
 def _machine(key, suffix, program, exported, summary):
@@ -822,6 +837,8 @@ class Tier:
         except Exception as e:  # noqa: BLE001 - the interpreter keeps running; say why once
             self.errors.append(e)
             self._failed.add(program)
+            if isinstance(e, TooIrregular) and self.mode == "auto":
+                return  # the default's own choice, not a failure
             import warnings
 
             warnings.warn(f"jitad: compiling the tape failed, the interpreter runs it: {e!r}", RuntimeWarning)

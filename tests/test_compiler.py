@@ -474,3 +474,35 @@ def test_a_new_process_loads_from_disk(tmp_path):
     for r in runs:
         assert r.returncode == 0, r.stderr
     assert runs[1].stdout.split()[-1] == "True"
+
+
+def test_a_tape_that_does_not_repeat_stays_on_the_interpreter(monkeypatch):
+    # Each entry would be its own code: not compiled (quietly by default, with a warning when
+    # compile=True asked for it), and the interpreter's results are unchanged.
+    monkeypatch.setattr(compiler, "MAX_STATIC", 10)
+
+    def irregular(x):
+        return jitad.sin(x[0]) * jitad.exp(x[1]) + jitad.log(x[0] + 2.0) / (x[1] ** 3 + 4.0) - jitad.tanh(x[0] * x[1])
+
+    x = np.array([0.3, 0.7])
+    expected = jitad.trace(irregular, x, compile=False).grad(x)
+    F = jitad.trace(irregular, x)
+    for _ in range(compiler.AUTO_CALLS + 2):
+        F.grad(x)
+    assert F._tier.wait(timeout=600)
+    assert F._tier.ready(F.tape) is None and isinstance(F._tier.errors[0], compiler.TooIrregular)
+    same(F.grad(x), expected)
+    G = jitad.trace(irregular, x, compile=True)
+    G.grad(x)
+    with pytest.warns(RuntimeWarning, match="entries in code"):
+        G.grad(x)
+        assert G._tier.wait(timeout=600)
+    same(G.grad(x), expected)
+
+
+def test_the_memory_cache_keeps_the_last_structures(fresh_memory, monkeypatch):
+    monkeypatch.setattr(compiler, "MEMORY_KEPT", 2)
+    built = [_compile(_tape(rosenbrock, np.linspace(-1, 1, n))) for n in (5, 6, 7)]
+    assert list(compiler._MEMORY.values()) == built[1:]
+    x = np.linspace(-1, 1, 5)
+    same(_gradient(built[0], _tape(rosenbrock, x), x), _reference_gradient(_tape(rosenbrock, x), x))
