@@ -690,7 +690,9 @@ SCALAR = ("jitad_replay", "jitad_value_and_grad", "jitad_entry")
 LANES_EXPORTED = ("jitad_lanes",)
 OPT_LEVEL = 3
 VECTORIZE = True
-UNROLL = False  # measured: unrolled lanes loops (8 copies before vectorizing) compile ~1.6x slower, run no faster
+# Loops are not unrolled: measured side by side, unrolled lanes loops (8 copies before
+# vectorizing) compile ~1.6x slower and the single-point code 1.3x slower (MLP), neither
+# running faster; O2, O3 and vectorization on or off ran the single-point code alike.
 _TARGET = []
 
 
@@ -744,7 +746,7 @@ def build(text, codes, formula_dir, exported):
         options = llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL)
         options.loop_vectorization = VECTORIZE
         options.slp_vectorization = VECTORIZE
-        options.loop_unrolling = UNROLL
+        options.loop_unrolling = False
         builder = llvm.create_pass_builder(tm, options)
         builder.getModulePassManager().run(module, builder)
         symbols = sorted(
