@@ -237,6 +237,26 @@ class _Function:
         return "\n".join([self.head, "entry:", *self.allocas, *self.lines, "}", ""])
 
 
+_CONSTANT = {}
+
+
+def _constant_partials():
+    """{opcode: (d/dx, d/dy)}, each the op's partial where it is the same nonzero finite
+    number at every probe point (None otherwise): read off ops.py's formulas."""
+    if not _CONSTANT:
+        probes = [(0.3, 0.7), (-1.7, 2.5), (4.0, -0.25), (-0.5, -3.0), (1e3, 1e-3), (2.0, 2.0), (0.0, 1.0)]
+        for code, formula in ops.formulas().items():
+            try:
+                seen = [formula(x, y)[1:3] for x, y in probes]
+            except (ArithmeticError, ValueError):
+                seen = [(0.0, 0.0)]
+            _CONSTANT[code] = tuple(
+                d[0] if all(e == d[0] for e in d) and d[0] != 0.0 and abs(d[0]) != float("inf") else None
+                for d in zip(*seen)
+            )
+    return _CONSTANT
+
+
 def _literal(value):
     """A double as an LLVM IR constant, exactly (its bits in hex)."""
     return f"0x{np.float64(value).view(np.uint64):016X}"
@@ -340,24 +360,40 @@ class _Writer:
                 continue
             i = fn.index(index)
             h = fn.g[slot] if plan.local_adjoint[slot] else fn.load("adj", i)
-            for operand, partial in ((x, fn.t[slot][1]), (y, fn.t[slot][2])):
+            for which, operand in enumerate((x, y)):
                 if operand[0] == "const":
                     continue
-                product = self.product(fn, partial, h)
+                product = self.product(fn, node[2], which, fn.t[slot][1 + which], h)
                 if operand[0] == "local" and plan.local_adjoint[operand[1]]:
-                    fn.g[operand[1]] = fn.op(f"fadd double {fn.g[operand[1]]}, {product}")
+                    self.add(fn, operand[1], product)
                 else:
                     where = operand[1] if operand[0] == "val" else plan.slots[operand[1]][0]
                     fn.add_to("adj", fn.index(where), product)
 
     @staticmethod
-    def product(fn, partial, weight):
-        # kernels._product: a zero on either side contributes nothing, even against an
-        # infinite or NaN other side (0 * inf must not turn a finite derivative into NaN).
+    def product(fn, code, which, partial, weight):
+        """kernels._product(partial, weight) of an entry's operand ``which`` (0 or 1): a zero
+        on either side contributes nothing, even against an infinite or NaN other side
+        (0 * inf must not turn a finite derivative into NaN). Where the op's partial is a
+        nonzero finite constant (x + y, x - y, -x) it is that constant times the weight:
+        the checks only turn a zero product's sign to +0.0, and no adjoint the result can
+        reach differs for it (see ``add``)."""
+        constant = _constant_partials().get(code, (None, None))[which]
+        if constant is not None:
+            return fn.op(f"fmul double {_literal(constant)}, {weight}")
         both = fn.op(
             f"and i1 {fn.op(f'fcmp une double {weight}, 0.0')}, {fn.op(f'fcmp une double {partial}, 0.0')}"
         )
         return fn.op(f"select i1 {both}, double {fn.op(f'fmul double {partial}, {weight}')}, double 0.0")
+
+    @staticmethod
+    def add(fn, slot, contribution):
+        """Add a contribution to a slot's adjoint kept in a register. Its first replaces the
+        0.0 it starts from: they differ only in a zero's sign, and a register adjoint is
+        read only as a product's weight, where +0.0 and -0.0 give products that change no
+        sum they are added to (sums start at +0.0 and never become -0.0)."""
+        g = fn.g[slot]
+        fn.g[slot] = contribution if g == "0.0" else fn.op(f"fadd double {g}, {contribution}")
 
 
 LANES = 8  # points per block of a batch: a value per point side by side, so that LLVM can vectorize
@@ -476,12 +512,12 @@ class _LanesWriter(_Writer):
                 continue
             i = fn.index(index)
             h = fn.g[slot] if self.local[slot] else fn.load("adj", fn.lane(i))
-            for operand, partial in ((x, fn.t[slot][1]), (y, fn.t[slot][2])):
+            for which, operand in enumerate((x, y)):
                 if operand[0] == "const":
                     continue
-                product = self.product(fn, partial, h)
+                product = self.product(fn, node[2], which, fn.t[slot][1 + which], h)
                 if operand[0] == "local" and self.local[operand[1]]:
-                    fn.g[operand[1]] = fn.op(f"fadd double {fn.g[operand[1]]}, {product}")
+                    self.add(fn, operand[1], product)
                 else:
                     where = operand[1] if operand[0] == "val" else self.plan.slots[operand[1]][0]
                     fn.add_to("adj", fn.lane(fn.index(where)), product)
