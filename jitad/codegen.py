@@ -238,6 +238,19 @@ class _Function:
 
 
 _CONSTANT = {}
+_LIBM = []
+# math functions that compile to a libm call (the rest are an instruction or a few)
+_CHEAP_MATH = {"sqrt", "fabs", "copysign", "isnan", "isinf", "isfinite", "floor", "ceil", "trunc", "fmod"}
+
+
+def _libm_ops():
+    """Opcodes whose formula calls libm (exp, tanh, pow, ...): read off ops.py's formulas."""
+    if not _LIBM:
+        import math
+
+        libm = {n for n in dir(math) if callable(getattr(math, n)) and not n.startswith("_")} - _CHEAP_MATH
+        _LIBM.append({op.code for op in ops.OPS if op.formula is not None and libm & set(op.formula.__code__.co_names)})
+    return _LIBM[0]
 
 
 def _constant_partials():
@@ -293,6 +306,18 @@ class _Writer:
         self.names = names  # opcode -> formula function name
         self.exponents = exponents
 
+    def kept(self, node):
+        """Whether the forward keeps this entry's value and partials for the reverse, which
+        then reads them instead of evaluating the formula again: ops that call libm (exp,
+        tanh, pow, ...), whose second evaluation costs more than the memory (the same
+        formula on the same operands: the same bits either way)."""
+        slot, code = node[1], node[2]
+        return code in _libm_ops() and self.exponents.get(slot) not in (0.0, 1.0, 2.0)
+
+    def recall(self, fn, node, at):
+        """The kept (value, d/dx, d/dy) of an entry, from index ``at`` of the rows."""
+        fn.t[node[1]] = tuple(fn.load(row, at) for row in ("val", "da", "db"))
+
     def operand(self, fn, operand, i):
         if operand[0] == "local":
             return fn.t[operand[1]][0]
@@ -320,9 +345,10 @@ class _Writer:
                 i = self.evaluate(fn, node)
                 v, dx, dy = fn.t[slot]
                 shared = not self.plan.local_adjoint[slot]
-                if full or shared:
+                kept = full or self.kept(node)
+                if kept or shared:
                     fn.store("val", i, v)
-                if full:
+                if kept:
                     fn.store("da", i, dx)
                     fn.store("db", i, dy)
                 if shared:
@@ -343,7 +369,11 @@ class _Writer:
         plan = self.plan
         for node in nodes:
             if node[0] == "entry":
-                if not evaluated:
+                if evaluated:
+                    pass
+                elif self.kept(node):
+                    self.recall(fn, node, fn.index(node[3]))
+                else:
                     self.evaluate(fn, node)  # this iteration's values and partials again
                 if plan.local_adjoint[node[1]]:
                     fn.g[node[1]] = "0.0"
@@ -478,10 +508,14 @@ class _LanesWriter(_Writer):
                 continue
             slot, code = node[1], node[2]
             i = self.evaluate(fn, node)
-            v = fn.t[slot][0]
-            if not self.local[slot]:
-                at = fn.lane(i)
+            v, dx, dy = fn.t[slot]
+            at = fn.lane(i)
+            if not self.local[slot] or self.kept(node):
                 fn.store("val", at, v)
+            if self.kept(node):
+                fn.store("da", at, dx)
+                fn.store("db", at, dy)
+            if not self.local[slot]:
                 fn.store("adj", at, "0.0")
             if code == ops.GUARD:
                 where = fn.op(f"getelementptr inbounds i64, ptr %failed, i64 {fn.k[LANE]}")
@@ -501,7 +535,11 @@ class _LanesWriter(_Writer):
         fn.here = set()
         for node in run:
             if node[0] == "entry":
-                self.evaluate(fn, node)
+                if self.kept(node):
+                    self.recall(fn, node, fn.lane(fn.index(node[3])))
+                    fn.here.add(node[1])
+                else:
+                    self.evaluate(fn, node)
                 if self.local[node[1]]:
                     fn.g[node[1]] = "0.0"
         for node in reversed(run):
@@ -526,8 +564,8 @@ class _LanesWriter(_Writer):
 def _lanes_functions(w, inputs, params, outputs):
     """IR of ``jitad_lanes``: LANES points' values (and gradients) in one call."""
     plan = w.plan
-    args = "ptr noalias %val, ptr noalias %adj, ptr noalias %c, ptr noalias %failed"
-    passed = "ptr %val, ptr %adj, ptr %c, ptr %failed"
+    args = "ptr noalias %val, ptr noalias %da, ptr noalias %db, ptr noalias %adj, ptr noalias %c, ptr noalias %failed"
+    passed = "ptr %val, ptr %da, ptr %db, ptr %adj, ptr %c, ptr %failed"
     parts = []
     for k, chunk in enumerate(plan.chunks):
         fn = _Function(f"define internal void @lanes_forward{k}({args}) {{")
@@ -540,7 +578,7 @@ def _lanes_functions(w, inputs, params, outputs):
         parts.append(fn.text())
     # x: LANES rows of the inputs; p: rows of the parameters, pstep apart (0: shared);
     # grad: LANES rows of the gradient; values: LANES rows of the outputs; failed: LANES.
-    names = ["val", "adj", "c", "x", "p", "grad", "values", "failed"]
+    names = ["val", "da", "db", "adj", "c", "x", "p", "grad", "values", "failed"]
     fn = _Function(
         f"define void @jitad_lanes({', '.join(f'i64 %i{a}' for a in names)}, i64 %pstep, i64 %want) {{"
     )
@@ -883,14 +921,14 @@ def _address(a):
 
 
 @_config.kernel
-def call_lanes(fn, w, workers, val, adj, c, X, P, want_grad, values, grads, failed):
+def call_lanes(fn, w, workers, val, da, db, adj, c, X, P, want_grad, values, grads, failed):
     """Worker w's share of the full blocks of LANES points of X (every workers-th block),
     by ``jitad_lanes`` at fn. P: one row of parameters shared by all points, or one per
     point. The last K % LANES points are the caller's."""
     n, m = X.shape[1], values.shape[1]
     p_step = P.shape[1] if P.shape[0] != 1 else 0
     want = 1 if want_grad else 0
-    rows = (val.ctypes.data, adj.ctypes.data, c.ctypes.data)
+    rows = (val.ctypes.data, da.ctypes.data, db.ctypes.data, adj.ctypes.data, c.ctypes.data)
     for block in range(w, X.shape[0] // LANES, workers):
         k = block * LANES
         x = _address(X) + 8 * k * n
@@ -901,8 +939,10 @@ def call_lanes(fn, w, workers, val, adj, c, X, P, want_grad, values, grads, fail
 
 
 @_config.kernel(parallel=True)
-def call_lanes_parallel(fn, workers, vals, adjs, c, X, P, want_grad, values, grads, failed):
-    """``call_lanes`` on ``workers`` threads, worker w with values and adjoints vals[w], adjs[w]."""
+def call_lanes_parallel(fn, workers, rows, c, X, P, want_grad, values, grads, failed):
+    """``call_lanes`` on ``workers`` threads, worker w with values, partials and adjoints
+    rows[w] (4, entries x LANES)."""
     for w in numba.prange(workers):
-        call_lanes(fn, w, workers, vals[w], adjs[w], c, X, P, want_grad, values, grads, failed)
+        r = rows[w]
+        call_lanes(fn, w, workers, r[0], r[1], r[2], r[3], c, X, P, want_grad, values, grads, failed)
     return 0

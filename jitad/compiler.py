@@ -559,11 +559,11 @@ class Compiled:
         lanes = self.lanes(program) if K >= L else None
         full = 0 if lanes is None else K - K % L
         if full:
-            val, adj = self._lanes_rows(rows, workers)
+            work = self._lanes_rows(rows, workers)
             if workers > 1:
-                codegen.call_lanes_parallel(lanes, workers, val, adj, c, X, P, want_grad, values, g, failed)
+                codegen.call_lanes_parallel(lanes, workers, work, c, X, P, want_grad, values, g, failed)
             else:
-                codegen.call_lanes(lanes, 0, 1, val[0], adj[0], c, X, P, want_grad, values, g, failed)
+                codegen.call_lanes(lanes, 0, 1, *work[0], c, X, P, want_grad, values, g, failed)
         if full < K:
             rest = slice(full, K)
             Pr = P if P.shape[0] == 1 else P[rest]
@@ -600,9 +600,10 @@ class Compiled:
             X = np.repeat(value[inputs][None, :], L, axis=0)
             P = np.ascontiguousarray(value[params][None, :])
             out = np.empty((L, outputs.shape[0])), np.empty((L, inputs.shape[0])), np.empty(L, dtype=np.int64)
-            val, adj = np.tile(np.repeat(value, L), (2, 1)), np.empty((2, n * L))
-            codegen.call_lanes(machine.lanes, 0, 1, val[0], adj[0], const, X, P, True, *out)
-            codegen.call_lanes_parallel(machine.lanes, 2, val, adj, const, X, P, True, *out)
+            work = np.empty((2, 4, n * L))
+            work[:, 0] = np.repeat(value, L)
+            codegen.call_lanes(machine.lanes, 0, 1, *work[0], const, X, P, True, *out)
+            codegen.call_lanes_parallel(machine.lanes, 2, work, const, X, P, True, *out)
             self._lanes = machine
         except _Cancelled:
             pass
@@ -614,13 +615,13 @@ class Compiled:
             _BUILDS.discard(threading.current_thread())
 
     def _lanes_rows(self, rows, workers):
-        """This thread's values and adjoints of LANES points for each of ``workers`` threads,
-        for the program whose work rows are rows: its recorded values (constant leaves keep
-        theirs) side by side."""
+        """This thread's (workers, 4, entries x LANES) values, partials and adjoints of
+        LANES points for each of ``workers`` threads, for the program whose work rows are
+        rows: its recorded values (constant leaves keep theirs) side by side."""
         local = self._local
-        if getattr(local, "rows", None) is not rows or local.lanes[0].shape[0] < workers:
-            val = np.repeat(rows[0], codegen.LANES)
-            local.lanes = (np.tile(val, (workers, 1)), np.empty((workers, val.shape[0])))
+        if getattr(local, "rows", None) is not rows or local.lanes.shape[0] < workers:
+            local.lanes = np.empty((workers, 4, rows.shape[1] * codegen.LANES))
+            local.lanes[:, 0] = np.repeat(rows[0], codegen.LANES)
             local.rows = rows
         return local.lanes
 
