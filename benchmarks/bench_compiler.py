@@ -229,6 +229,50 @@ def small():
     print(text)
 
 
+def compile_breakdown():
+    """Where a cold compile goes, stage by stage (formulas and call kernels already compiled)."""
+    from jitad import codegen
+
+    compiler.reroll(np.zeros(1, np.uint8), np.full(1, -1, np.int32), np.full(1, -1, np.int32))
+    lines = [
+        "| workload | tape entries | reroll (s) | emit (s) | IR lines | LLVM (s) | load (ms) | total (s) | lanes module (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    M = jitad_namespace()
+    for name in ("rosen100000", "mlp", "gmm_l"):
+        w = W.by_name(name)
+        p = jitad.trace(lambda x: w.f(x, M), w.x0, compile=False).tape
+        for c in compiler.generate(p.op, p.a, p.b, p.const, p.outputs, p.inputs, p.params)[1]:
+            codegen.formula_ir(c, compiler.cache_dir() / "formulas")  # Numba's part, once per machine
+        cells = []
+        for exported in (codegen.SCALAR, codegen.LANES_EXPORTED):
+            program = (p.op, p.a, p.b, p.const, p.outputs, p.inputs, p.params)
+            t0 = time.perf_counter()
+            compiler.reroll(p.op, p.a, p.b)
+            t1 = time.perf_counter()
+            text, codes, _ = compiler.generate(*program, lanes=exported is codegen.LANES_EXPORTED)
+            t2 = time.perf_counter()  # (generate rerolls again: emit = t2 - t1 - reroll)
+            obj, symbols = codegen.build(text, codes, compiler.cache_dir() / "formulas", exported)
+            t3 = time.perf_counter()
+            codegen.Machine(obj, symbols, exported)
+            t4 = time.perf_counter()
+            if exported is codegen.SCALAR:
+                reroll_s = t1 - t0
+                cells += [f"{reroll_s:.2f}", f"{t2 - t1 - reroll_s:.2f}", f"{text.count(chr(10)):,}"]
+                cells += [f"{t3 - t2:.2f}", f"{(t4 - t3) * 1e3:.0f}", f"**{t4 - t1:.2f}**"]
+            else:
+                cells.append(f"{t4 - t1:.2f}")
+        lines.append(f"| {w.label} | {len(p):,} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    header = _machine(
+        "One cold compile of each module, stage by stage, with the op formulas and the call kernels already "
+        "compiled; `python -m benchmarks.bench_compiler compile` reproduces it."
+    )
+    text = "\n".join([header, "", *lines])
+    _write_block("compile", text)
+    print(text)
+
+
 def main(names):
     # Numba's compile of the rerolling kernel, once per machine, is not the workloads'
     compiler.reroll(np.zeros(1, np.uint8), np.full(1, -1, np.int32), np.full(1, -1, np.int32))
@@ -269,5 +313,7 @@ def main(names):
 if __name__ == "__main__":
     if sys.argv[1:] == ["small"]:
         small()
+    elif sys.argv[1:] == ["compile"]:
+        compile_breakdown()
     else:
         main(sys.argv[1:] or ["seed", "rosen1k", "mlp", "gmm_l"])
