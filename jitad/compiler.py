@@ -1,5 +1,6 @@
-"""The compiler tier: reroll a recorded program's repetition back into loops, emit Numba
-source for its replay and its fused value-and-gradient, and cache the result by structure.
+"""The compiler tier: reroll a recorded program's repetition back into loops, plan the code
+of its replay, its fused value-and-gradient and its batches (``codegen`` writes it as LLVM
+IR and compiles it), cache the machine code by structure, and build it in the background.
 
 Layers: this module reads a program's arrays (it never imports ``trace``); ``trace`` asks
 ``Tier.get`` for compiled code and falls back to the interpreter kernels until it exists.
@@ -324,15 +325,15 @@ def _repetitions(items, sids, t, period, most=None):
     return count
 
 
-# --- emit --------------------------------------------------------------------------------
+# --- plan --------------------------------------------------------------------------------
 #
 # An index in the rerolled program is affine in the loop counters: (constant, ((loop, coef),
 # ...)). The plan walks the items once, naming each computed entry's *slot* (its place in
 # the generated code, one per repetition pattern) and resolving every operand to a local
 # (computed earlier in the same iteration of the same loops, in the same function), the
-# value array, or the entry's constant. Every value and partial is still written to the
-# work arrays, so the interpreter's sweeps (jacobian, hvp, hessian) run after a compiled
-# replay unchanged.
+# value array, or the entry's constant. The compiled replay still writes every value and
+# partial to the work arrays, so the interpreter's sweeps (jacobian, hvp, hessian) run
+# after it unchanged.
 
 CHUNK = 256  # entries (each loop body counted once) per generated function
 
@@ -343,11 +344,6 @@ def _shift(expr, const=0, loop=None, coef=0):
     if loop is not None and coef:
         terms[loop] = terms.get(loop, 0) + coef
     return base + const, tuple(sorted((k, v) for k, v in terms.items() if v))
-
-
-def _render(expr):
-    base, terms = expr
-    return " + ".join([str(base)] + [f"{coef} * k{loop}" for loop, coef in terms])
 
 
 class _Plan:
@@ -441,11 +437,11 @@ class _Plan:
 
 # --- build and cache ---------------------------------------------------------------------
 #
-# The generated source depends only on the structure (opcodes, operand indices, inputs,
-# parameters, outputs): constants are read from the program's ``const`` column and source
-# values from the work arrays, so every program of one structure shares one module. The
-# source is written to CACHE_DIR/compiled/<key>.py, whose Numba cache then holds the machine
-# code (Numba keys it on the file's path and stamp; _config keys it on ops/kernels too).
+# The generated code depends only on the structure (opcodes, operand indices, inputs,
+# parameters, outputs, the exponents of x ** c): other constants are read from the
+# program's ``const`` column and source values from the work arrays, so every program of
+# one structure shares one module. Its object code is written to CACHE_DIR/compiled/
+# <key>.o (the batches' to <key>-lanes.o), checked by a digest when read back.
 
 _HERE = Path(__file__)
 _VERSION = hashlib.sha256(

@@ -425,3 +425,45 @@ def test_random_programs_in_lanes(prog, data):
         ok = want[2] < 0
         same(got[0][ok], want[0][ok])
         same(got[1][ok], want[1][ok])
+
+
+SPECIAL = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e308, -1e308, 5e-324, -5e-324, 1.0, -1.0, 0.5, 2.0, 1e-300]
+
+
+@property_settings(25)
+@given(programs(n_inputs=st.integers(1, 4)), st.data())
+def test_random_programs_at_special_points(prog, data):
+    # Zeros of both signs, infinities, NaN, huge and subnormal inputs: the compiled code (one
+    # point and lanes) gives the interpreter's bits, and fails the same guards. Its shortcuts
+    # (constant partials, a register adjoint's first contribution, kept partials) rest on
+    # what zeros' signs and non-finite partials do: this is where they would show.
+    x0 = data.draw(points(prog.n_inputs))
+    try:
+        program = jitad.trace(prog, x0).tape
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return
+    c = compiler.compile_program(
+        program.op, program.a, program.b, program.const, program.value, program.inputs, program.params, program.outputs
+    )
+    assert c.lanes(program, wait=True) is not None
+    K = codegen.LANES + 2
+    special = st.sampled_from(SPECIAL)
+    X = np.array([[data.draw(special) for _ in range(prog.n_inputs)] for _ in range(K)])
+    n, m = prog.n_inputs, program.outputs.size
+    want = np.empty((K, m)), np.empty((K, n)), np.empty(K, dtype=np.int64)
+    columns = (program.op, program.a, program.b, program.const, program.value, program.inputs, program.params)
+    scratch = np.empty((1, 4, len(program), 4))
+    lanes = np.empty((1, 4), dtype=np.int64)
+    kernels.batch_share(*columns, program.outputs, X, np.empty((1, 0)), 0, 1, True, *want, scratch[0], lanes[0])
+    got = np.empty((K, m)), np.empty((K, n)), np.empty(K, dtype=np.int64)
+    c.batch(program, _Work(program).rows, X, np.empty((1, 0)), True, *got)
+    same(got[2], want[2])
+    ok = want[2] < 0
+    same(got[0][ok], want[0][ok])
+    same(got[1][ok], want[1][ok])
+    for k in range(K):  # one point at a time
+        w, g = _Work(program), np.empty(n)
+        assert (c.value_and_grad(program, w, X[k], np.empty(0), g) >= 0) == (not ok[k])
+        if ok[k]:
+            same(w.val[program.outputs[0]], want[0][k, 0])
+            same(g, want[1][k])
