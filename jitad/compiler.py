@@ -453,7 +453,7 @@ MEMORY_KEPT = 256
 # Entries in the generated code (each loop body once) beyond which a program is not
 # compiled: LLVM takes ~10 ms per entry, and a tape with little repetition (each entry its
 # own code) would take minutes and gigabytes. The interpreter runs it.
-MAX_STATIC = 4_000
+MAX_STATIC = 2_000
 
 
 class TooIrregular(Exception):
