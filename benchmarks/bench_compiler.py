@@ -93,7 +93,7 @@ def row(w):
     try:
         batch = {}
         C.value_and_grad_batch(Xb)  # starts compiling the batches' code
-        assert C._tier.ready(C.tape).lanes(C.tape, wait=True) is not None
+        assert C._tier.ready(C.tape).second(C.tape, wait=True) is not None
         for key, fn in (("batch_interp", F.value_and_grad_batch), ("batch_comp", C.value_and_grad_batch)):
             fn(Xb)
             batch[key] = median_time(lambda fn=fn: fn(Xb), 7) / BATCH
@@ -235,7 +235,7 @@ def compile_breakdown():
 
     compiler.reroll(np.zeros(1, np.uint8), np.full(1, -1, np.int32), np.full(1, -1, np.int32))
     lines = [
-        "| workload | tape entries | reroll (s) | emit (s) | IR lines | LLVM (s) | load (ms) | total (s) | lanes module (s) |",
+        "| workload | tape entries | reroll (s) | emit (s) | IR lines | LLVM (s) | load (ms) | total (s) | second module (s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     M = jitad_namespace()
@@ -245,18 +245,18 @@ def compile_breakdown():
         for c in compiler.generate(p.op, p.a, p.b, p.const, p.outputs, p.inputs, p.params)[1]:
             codegen.formula_ir(c, compiler.cache_dir() / "formulas")  # Numba's part, once per machine
         cells = []
-        for exported in (codegen.SCALAR, codegen.LANES_EXPORTED):
+        for exported in (codegen.FIRST, codegen.SECOND):
             program = (p.op, p.a, p.b, p.const, p.outputs, p.inputs, p.params)
             t0 = time.perf_counter()
             compiler.reroll(p.op, p.a, p.b)
             t1 = time.perf_counter()
-            text, codes, _ = compiler.generate(*program, lanes=exported is codegen.LANES_EXPORTED)
+            text, codes, _ = compiler.generate(*program, second=exported is codegen.SECOND)
             t2 = time.perf_counter()  # (generate rerolls again: emit = t2 - t1 - reroll)
             obj, symbols = codegen.build(text, codes, compiler.cache_dir() / "formulas", exported)
             t3 = time.perf_counter()
             codegen.Machine(obj, symbols, exported)
             t4 = time.perf_counter()
-            if exported is codegen.SCALAR:
+            if exported is codegen.FIRST:
                 reroll_s = t1 - t0
                 cells += [f"{reroll_s:.2f}", f"{t2 - t1 - reroll_s:.2f}", f"{text.count(chr(10)):,}"]
                 cells += [f"{t3 - t2:.2f}", f"{(t4 - t3) * 1e3:.0f}", f"**{t4 - t1:.2f}**"]

@@ -657,10 +657,12 @@ def _array(name, values):
     return f"{name} = private unnamed_addr constant [{len(values)} x i64] {body}"
 
 
-def emit(plan, inputs, params, outputs, exponents, lanes=False):
+def emit(plan, inputs, params, outputs, exponents, second=False):
     """The module's IR text (without the formulas, which ``build`` links in) and the
-    opcodes whose formulas it calls: the calls of one point (SCALAR), or with ``lanes`` the
-    batches' (LANES_EXPORTED). ``exponents``: {slot: c} of ``x ** c`` entries whose c is a
+    opcodes whose formulas it calls: a program's first module (FIRST: the gradient of one
+    point, with the small-tape entry point) or, with ``second``, the one built when first
+    needed (SECOND: the full replay that ``F(x)``, ``jacobian`` and ``hvp`` start from, and
+    the batches' lanes). ``exponents``: {slot: c} of ``x ** c`` entries whose c is a
     literal in the code."""
     n = plan.rr.n
     codes = set()
@@ -676,19 +678,19 @@ def emit(plan, inputs, params, outputs, exponents, lanes=False):
     out, nin, npar = int(outputs[0]), len(inputs), len(params)
     parts = [_array("@inputs", inputs), _array("@params", params), _array("@outputs", outputs)]
     parts += [f'declare i32 @"{names[code]}"(ptr, ptr, double, double)' for code in sorted(codes)]
-    if lanes:
-        parts += _lanes_functions(_LanesWriter(plan, names, exponents), inputs, params, outputs)
-        return "\n".join(parts), sorted(codes)
     last = len(plan.chunks) - 1
-    fused = last >= 0 and not _has_entries([n for n in plan.chunks[last] if n[0] == "loop"])
+    fused = not second and last >= 0 and not _has_entries([n for n in plan.chunks[last] if n[0] == "loop"])
     for k, chunk in enumerate(plan.chunks):
-        for name, full in ((f"forward{k}", True), (f"fast{k}", False)):
-            if full or not (fused and k == last):
-                fn = _Function(f"define internal i64 @{name}({_ARGS}) {{")
-                w.forward(fn, chunk, full)
-                fn.emit("ret i64 -1")
-                parts.append(fn.text())
-        if not (fused and k == last):
+        if second:
+            fn = _Function(f"define internal i64 @forward{k}({_ARGS}) {{")
+            w.forward(fn, chunk, True)
+            fn.emit("ret i64 -1")
+            parts.append(fn.text())
+        elif not (fused and k == last):
+            fn = _Function(f"define internal i64 @fast{k}({_ARGS}) {{")
+            w.forward(fn, chunk, False)
+            fn.emit("ret i64 -1")
+            parts.append(fn.text())
             fn = _Function(f"define internal void @reverse{k}({_ARGS}) {{")
             w.reverse(fn, chunk)
             fn.emit("ret void")
@@ -700,35 +702,38 @@ def emit(plan, inputs, params, outputs, exponents, lanes=False):
         w.reverse(fn, plan.chunks[last], evaluated=True)
         fn.emit("ret i64 -1")
         parts.append(fn.text())
-    for name, grad in (("replay", False), ("value_and_grad", True)):
-        fn = _Function(f"define internal i64 @{name}({_ARGS}, ptr noalias %x, ptr noalias %p, ptr noalias %grad) {{")
-        _copy(fn, "@inputs", nin, "x", "val")
-        _copy(fn, "@params", npar, "p", "val")
-        for k in range(len(plan.chunks)):
-            call = "forward" if not grad else "fused" if fused and k == last else "fast"
-            failed = fn.op(f"call i64 @{call}{k}({_PASS})")
-            bad, ok = fn.new("bad"), fn.new("ok")
-            fn.emit(f"br i1 {fn.op(f'icmp sge i64 {failed}, 0')}, label {bad}, label {ok}")
-            fn.label(bad)
-            fn.emit(f"ret i64 {failed}")
-            fn.label(ok)
-        if grad:
-            # The forward zeroed every adjoint kept in the array; seed the output as
-            # kernels.gradient does (fused: after its forward, before its reverse).
-            if not fused:
-                fn.store("adj", out, "1.0")
-            for k in reversed(range(len(plan.chunks) - fused)):
-                fn.emit(f"call void @reverse{k}({_PASS})")
-            _copy(fn, "@inputs", nin, "adj", "grad", gather=True, limit=out)
-        fn.emit("ret i64 -1")
-        parts.append(fn.text())
-        # Exported: every argument an integer (an address).
-        args = [*_ROWS, "x", "p", "grad"]
-        fn = _Function(f"define i64 @jitad_{name}({', '.join(f'i64 %i{a}' for a in args)}) {{")
-        for a in args:
-            fn.emit(f"%{a} = inttoptr i64 %i{a} to ptr")
-        fn.emit(f"ret i64 {fn.op(f'call i64 @{name}({_PASS}, ptr %x, ptr %p, ptr %grad)')}")
-        parts.append(fn.text())
+    name = "replay" if second else "value_and_grad"
+    fn = _Function(f"define internal i64 @{name}({_ARGS}, ptr noalias %x, ptr noalias %p, ptr noalias %grad) {{")
+    _copy(fn, "@inputs", nin, "x", "val")
+    _copy(fn, "@params", npar, "p", "val")
+    for k in range(len(plan.chunks)):
+        call = "forward" if second else "fused" if fused and k == last else "fast"
+        failed = fn.op(f"call i64 @{call}{k}({_PASS})")
+        bad, ok = fn.new("bad"), fn.new("ok")
+        fn.emit(f"br i1 {fn.op(f'icmp sge i64 {failed}, 0')}, label {bad}, label {ok}")
+        fn.label(bad)
+        fn.emit(f"ret i64 {failed}")
+        fn.label(ok)
+    if not second:
+        # The forward zeroed every adjoint kept in the array; seed the output as
+        # kernels.gradient does (fused: after its forward, before its reverse).
+        if not fused:
+            fn.store("adj", out, "1.0")
+        for k in reversed(range(len(plan.chunks) - fused)):
+            fn.emit(f"call void @reverse{k}({_PASS})")
+        _copy(fn, "@inputs", nin, "adj", "grad", gather=True, limit=out)
+    fn.emit("ret i64 -1")
+    parts.append(fn.text())
+    # Exported: every argument an integer (an address).
+    args = [*_ROWS, "x", "p", "grad"]
+    fn = _Function(f"define i64 @jitad_{name}({', '.join(f'i64 %i{a}' for a in args)}) {{")
+    for a in args:
+        fn.emit(f"%{a} = inttoptr i64 %i{a} to ptr")
+    fn.emit(f"ret i64 {fn.op(f'call i64 @{name}({_PASS}, ptr %x, ptr %p, ptr %grad)')}")
+    parts.append(fn.text())
+    if second:
+        parts += _lanes_functions(_LanesWriter(plan, names, exponents), inputs, params, outputs)
+        return "\n".join(parts), sorted(codes)
     # The small-tape call (TapeFunction.value_and_grad): work is the rows val, da, db, adj,
     # const of one (5, n) array; f, or NaN when a guard failed or x (or p) is not a
     # contiguous vector of the right length (the caller then takes the slow way, which
@@ -760,8 +765,8 @@ def emit(plan, inputs, params, outputs, exponents, lanes=False):
 
 # --- machine code --------------------------------------------------------------------------
 
-SCALAR = ("jitad_replay", "jitad_value_and_grad", "jitad_entry")
-LANES_EXPORTED = ("jitad_lanes",)
+FIRST = ("jitad_value_and_grad", "jitad_entry")
+SECOND = ("jitad_replay", "jitad_lanes")
 OPT_LEVEL = 3
 VECTORIZE = True
 # Loops are not unrolled: measured side by side, unrolled lanes loops (8 copies before

@@ -479,15 +479,15 @@ def cache_dir():
     return Path(_config.CACHE_DIR) / "compiled"
 
 
-def generate(op, a, b, const, outputs, inputs, params, lanes=False):
+def generate(op, a, b, const, outputs, inputs, params, second=False):
     """(IR text, opcodes it calls, summary) of a module for a program's structure: its
-    single-point calls, or with ``lanes`` its batches'."""
+    first, or its second (see ``codegen.emit``)."""
     rr = reroll(op, a, b)
     static = rr.summary()["static"]
     if static > MAX_STATIC:
         raise TooIrregular(f"{static:,} entries in code after rerolling {len(op):,} (at most {MAX_STATIC:,} are compiled)")
     plan = _Plan(rr, op, a, b, outputs)
-    text, codes = codegen.emit(plan, inputs, params, outputs, _exponents(plan, op, const), lanes)
+    text, codes = codegen.emit(plan, inputs, params, outputs, _exponents(plan, op, const), second)
     return text, codes, {**rr.summary(), "functions": text.count("\ndefine ")}
 
 
@@ -508,7 +508,9 @@ def _exponents(plan, op, const):
 
 
 class Compiled:
-    """The compiled replay and fused value-and-gradient of one program structure."""
+    """The compiled code of one program structure: its first module (the gradient of one
+    point) at once, its second (the full replay and the batches' lanes) in the background
+    when first asked for."""
 
     def __init__(self, key, machine, summary, cache_path, outputs):
         self.key = key
@@ -522,15 +524,19 @@ class Compiled:
         types = (_I8, *ENTRY_TYPES) if self.params else (_I8, *ENTRY_TYPES[:2], ENTRY_TYPES[3])
         self.entry = direct(codegen.call_entry_params if self.params else codegen.call_entry, types)
         self._local = threading.local()
-        self._lanes = None  # the batches' Machine, built at the first batch of LANES points or more
-        self._lanes_lock = threading.Lock()
-        self._lanes_thread = None
+        self._second = None  # the second module's Machine
+        self._second_lock = threading.Lock()
+        self._second_thread = None
         self.compile_s = None
 
     def replay(self, program, w, x, p):
-        """Like kernels.replay into w's arrays; returns the first failed guard or -1."""
+        """Like kernels.replay into w's arrays: the first failed guard or -1; None while the
+        code compiles (the caller runs the interpreter's replay)."""
+        second = self.second(program)
+        if second is None:
+            return None
         x, p = np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(p, dtype=np.float64)
-        return codegen.call_replay(self.machine.replay, w.val, w.da, w.db, w.adj, program.const, x, p)
+        return codegen.call_replay(second.replay, w.val, w.da, w.db, w.adj, program.const, x, p)
 
     def value_and_grad(self, program, w, x, p, grad):
         """Like kernels.replay_value_and_grad for the program's first output."""
@@ -545,68 +551,77 @@ class Compiled:
         """A replay (or replay and sweep) per row of X (K, n): values (K, m), grads (K, n),
         failed (K,): the first failed guard of each point, or -1. P: (1 or K, parameters).
         rows: this thread's work rows of the program (values as recorded, constants).
-        Blocks of LANES points run side by side (``workers`` threads share them: the caller
-        holds what launching Numba's threads needs) once their code is ready (the first
-        such batch starts compiling it), the other points one by one."""
+        Blocks of LANES points run side by side once the second module is ready
+        (``workers`` threads share them: the caller holds what launching Numba's threads
+        needs), the other points one by one; values alone need the second module (see
+        ``runs_batch``)."""
+        second, K = self._second, X.shape[0]
         X, P = np.ascontiguousarray(X, dtype=np.float64), np.ascontiguousarray(P, dtype=np.float64)
         g = grads if grads.flags.c_contiguous else np.empty_like(grads)
-        m, c = self.machine, rows[4]
-        K, L = X.shape[0], codegen.LANES
-        lanes = self.lanes(program) if K >= L else None
-        full = 0 if lanes is None else K - K % L
+        c = rows[4]
+        full = 0 if second is None else K - K % codegen.LANES
         if full:
             work = self._lanes_rows(rows, workers)
             if workers > 1:
-                codegen.call_lanes_parallel(lanes, workers, work, c, X, P, want_grad, values, g, failed)
+                codegen.call_lanes_parallel(second.lanes, workers, work, c, X, P, want_grad, values, g, failed)
             else:
-                codegen.call_lanes(lanes, 0, 1, *work[0], c, X, P, want_grad, values, g, failed)
+                codegen.call_lanes(second.lanes, 0, 1, *work[0], c, X, P, want_grad, values, g, failed)
         if full < K:
             rest = slice(full, K)
             Pr = P if P.shape[0] == 1 else P[rest]
             gr = g[rest] if want_grad else g
             args = (self.outputs, rows, X[rest], Pr, want_grad, values[rest], gr, failed[rest])
-            codegen.call_batch(m.replay, m.value_and_grad, *args)
+            codegen.call_batch(0 if second is None else second.replay, self.machine.value_and_grad, *args)
         if g is not grads:
             grads[...] = g
 
-    def lanes(self, program, wait=False):
-        """The address of the batches' code for LANES points, or None while it compiles (in
-        a background thread started by the first call; ``wait``: until it is ready)."""
-        if self._lanes is not None:
-            return self._lanes.lanes
-        with self._lanes_lock:
-            if self._lanes_thread is None and not _EXITING.is_set():
+    def runs_batch(self, program, K, want_grad):
+        """Whether ``batch`` can run K points now. Blocks of LANES points and values alone
+        need the second module, which this starts compiling; until it is ready gradients run
+        point by point, values not at all (the caller runs the interpreter)."""
+        if K >= codegen.LANES or not want_grad:
+            return self.second(program) is not None or want_grad
+        return True
+
+    def second(self, program, wait=False):
+        """The second module's Machine, or None while it compiles (in a background thread
+        that the first call starts; ``wait``: until it is ready)."""
+        if self._second is not None:
+            return self._second
+        with self._second_lock:
+            if self._second_thread is None and program is not None and not _EXITING.is_set():
                 arrays = (program.op, program.a, program.b, program.const, program.outputs, program.inputs, program.params)
                 args = (arrays, program.value)
-                self._lanes_thread = threading.Thread(target=self._build_lanes, args=args, daemon=True)
-                _BUILDS.add(self._lanes_thread)
-                self._lanes_thread.start()
-            thread = self._lanes_thread
+                self._second_thread = threading.Thread(target=self._build_second, args=args, daemon=True)
+                _BUILDS.add(self._second_thread)
+                self._second_thread.start()
+            thread = self._second_thread
         if wait and thread is not None:
             thread.join()
-        return None if self._lanes is None else self._lanes.lanes
+        return self._second
 
-    def _build_lanes(self, program, value):
+    def _build_second(self, program, value):
         try:
-            machine, _ = _machine(self.key, "-lanes", program, codegen.LANES_EXPORTED, {})
-            # Its kernels run once here (compiled, or loaded from Numba's cache), on one
-            # thread and on two: the batch that finds it ready waits for nothing.
+            machine, _ = _machine(self.key, "-second", program, codegen.SECOND, {})
+            # Its kernels run once here (compiled, or loaded from Numba's cache), the lanes
+            # on one thread and on two: the call that finds it ready waits for nothing.
             _, _, _, const, outputs, inputs, params = program
             L, n = codegen.LANES, value.shape[0]
-            X = np.repeat(value[inputs][None, :], L, axis=0)
-            P = np.ascontiguousarray(value[params][None, :])
-            out = np.empty((L, outputs.shape[0])), np.empty((L, inputs.shape[0])), np.empty(L, dtype=np.int64)
+            x, p = np.ascontiguousarray(value[inputs]), np.ascontiguousarray(value[params])
             work = np.empty((2, 4, n * L))
             work[:, 0] = np.repeat(value, L)
-            codegen.call_lanes(machine.lanes, 0, 1, *work[0], const, X, P, True, *out)
-            codegen.call_lanes_parallel(machine.lanes, 2, work, const, X, P, True, *out)
-            self._lanes = machine
+            codegen.call_replay(machine.replay, *work[0, :4, :n], const, x, p)
+            X = np.repeat(x[None, :], L, axis=0)
+            out = np.empty((L, outputs.shape[0])), np.empty((L, inputs.shape[0])), np.empty(L, dtype=np.int64)
+            codegen.call_lanes(machine.lanes, 0, 1, *work[0], const, X, p[None, :], True, *out)
+            codegen.call_lanes_parallel(machine.lanes, 2, work, const, X, p[None, :], True, *out)
+            self._second = machine
         except _Cancelled:
             pass
-        except Exception as e:  # noqa: BLE001 - batches keep running point by point; say why once
+        except Exception as e:  # noqa: BLE001 - the interpreter keeps running these; say why once
             import warnings
 
-            warnings.warn(f"jitad: compiling the tape's batches failed, they run point by point: {e!r}", RuntimeWarning)
+            warnings.warn(f"jitad: compiling the tape's replay and batches failed: {e!r}", RuntimeWarning)
         finally:
             _BUILDS.discard(threading.current_thread())
 
@@ -635,7 +650,7 @@ def compile_program(op, a, b, const, value, inputs, params, outputs):
     t0 = time.perf_counter()
     summary = {"params": len(params)}
     program = (op, a, b, const, outputs, inputs, params)
-    machine, path = _machine(key, "", program, codegen.SCALAR, summary)
+    machine, path = _machine(key, "", program, codegen.FIRST, summary)
     compiled = Compiled(key, machine, summary, path, outputs)
     _warm(compiled, const, value, inputs, params, outputs)
     compiled.compile_s = time.perf_counter() - t0
@@ -660,7 +675,7 @@ def _machine(key, suffix, program, exported, summary):
             return codegen.Machine(obj, head.decode().split(), exported), path
     summary["disk"] = False
     _check_exit()
-    text, codes, shape = generate(*program, lanes=exported is codegen.LANES_EXPORTED)
+    text, codes, shape = generate(*program, second=exported is codegen.SECOND)
     summary.update(shape)
     _check_exit()
     obj, symbols = codegen.build(text, codes, None if directory is None else directory / "formulas", exported)
@@ -690,10 +705,8 @@ def _warm(compiled, const, value, inputs, params, outputs):
         compiled.entry(compiled.address, work, x, grad)
     values, grads = np.empty((1, outputs.shape[0])), np.empty((1, grad.shape[0]))
     compiled.batch(None, work, x[None, :], p[None, :], True, values, grads, np.empty(1, dtype=np.int64))
-    program = SimpleNamespace(const=const)
     rows = SimpleNamespace(val=work[0], da=work[1], db=work[2], adj=work[3])
-    compiled.replay(program, rows, x, p)
-    compiled.value_and_grad(program, rows, x, p, grad)
+    compiled.value_and_grad(SimpleNamespace(const=const), rows, x, p, grad)
 
 
 # --- direct calls --------------------------------------------------------------------------

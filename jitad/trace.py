@@ -330,7 +330,9 @@ class TapeFunction:
         for program in itertools.chain((first,), self._other_programs(first)):
             w = self._work(program)
             compiled = self._tier.get(program)
-            failed = _replay(program, w, x, p) if compiled is None else compiled.replay(program, w, x, p)
+            failed = None if compiled is None else compiled.replay(program, w, x, p)
+            if failed is None:  # not compiled (yet)
+                failed = _replay(program, w, x, p)
             if failed < 0:
                 if debug.enabled():
                     debug.check_replay(program, w.val)
@@ -638,6 +640,8 @@ class TapeFunction:
                 # The compiled tier, when ready: blocks of LANES points side by side in
                 # generated code (vectorized; the interpreter's bits).
                 compiled = self._tier.get(program)
+                if compiled is not None and not compiled.runs_batch(program, pending.size, want_grad):
+                    compiled = None  # the code it needs is compiling: the interpreter this time
                 size = _compiler.codegen.LANES if compiled is not None else _block_size(block, len(program), pending.size)
                 workers = _workers(len(program), pending.size, size)
                 scratch, lanes = _batch_scratch(workers, len(program), size) if compiled is None else (None, None)

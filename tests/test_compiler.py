@@ -63,7 +63,7 @@ def compiled(f, x0, *args, **kw):
     F._tier.get(F.tape)  # the second starts compiling
     assert F._tier.wait(timeout=600)
     assert F._tier.ready(F.tape) is not None, F._tier.errors
-    assert F._tier.ready(F.tape).lanes(F.tape, wait=True) is not None  # and its batches' code
+    assert F._tier.ready(F.tape).second(F.tape, wait=True) is not None  # and its replay and batches
     return F
 
 
@@ -137,6 +137,7 @@ def _interpreter_and_compiled(program):
 
 def _check_bits(program, points, p):
     c = _interpreter_and_compiled(program)
+    assert c.second(program, wait=True) is not None  # the full replay
     wi, wc = _Work(program), _Work(program)  # each reused across points, as in TapeFunction
     for x in points:
         gi = np.empty(program.inputs.size)

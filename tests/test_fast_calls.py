@@ -52,7 +52,7 @@ def compiled(f, x0, *args, **kw):
     F(x0, *args)  # the second starts compiling
     assert F._tier.wait(timeout=600)
     assert F._tier.ready(F.tape) is not None, F._tier.errors
-    assert F._tier.ready(F.tape).lanes(F.tape, wait=True) is not None  # and its batches' code
+    assert F._tier.ready(F.tape).second(F.tape, wait=True) is not None  # and its replay and batches
     return F
 
 
@@ -417,7 +417,7 @@ def test_random_programs_in_lanes(prog, data):
     scratch = np.empty((1, 4, len(program), 4))
     lanes = np.empty((1, 4), dtype=np.int64)
     kernels.batch_share(*columns, program.outputs, X, P, 0, 1, True, *want, scratch[0], lanes[0])
-    assert c.lanes(program, wait=True) is not None
+    assert c.second(program, wait=True) is not None
     for workers in (1, 2):
         got = np.empty((K, m)), np.empty((K, prog.n_inputs)), np.empty(K, dtype=np.int64)
         c.batch(program, _Work(program).rows, X, P, True, *got, workers)
@@ -445,7 +445,7 @@ def test_random_programs_at_special_points(prog, data):
     c = compiler.compile_program(
         program.op, program.a, program.b, program.const, program.value, program.inputs, program.params, program.outputs
     )
-    assert c.lanes(program, wait=True) is not None
+    assert c.second(program, wait=True) is not None
     K = codegen.LANES + 2
     special = st.sampled_from(SPECIAL)
     X = np.array([[data.draw(special) for _ in range(prog.n_inputs)] for _ in range(K)])
