@@ -15,7 +15,9 @@ are the interpreter's bits. Exported functions take every argument as a 64-bit i
 """
 
 import contextlib
+import functools
 import hashlib
+import math
 import os
 import tempfile
 import threading
@@ -237,37 +239,32 @@ class _Function:
         return "\n".join([self.head, "entry:", *self.allocas, *self.lines, "}", ""])
 
 
-_CONSTANT = {}
-_LIBM = []
 # math functions that compile to a libm call (the rest are an instruction or a few)
 _CHEAP_MATH = {"sqrt", "fabs", "copysign", "isnan", "isinf", "isfinite", "floor", "ceil", "trunc", "fmod"}
 
 
+@functools.cache
 def _libm_ops():
     """Opcodes whose formula calls libm (exp, tanh, pow, ...): read off ops.py's formulas."""
-    if not _LIBM:
-        import math
-
-        libm = {n for n in dir(math) if callable(getattr(math, n)) and not n.startswith("_")} - _CHEAP_MATH
-        _LIBM.append({op.code for op in ops.OPS if op.formula is not None and libm & set(op.formula.__code__.co_names)})
-    return _LIBM[0]
+    libm = {n for n in dir(math) if callable(getattr(math, n)) and not n.startswith("_")} - _CHEAP_MATH
+    return {op.code for op in ops.OPS if op.formula is not None and libm & set(op.formula.__code__.co_names)}
 
 
+@functools.cache
 def _constant_partials():
     """{opcode: (d/dx, d/dy)}, each the op's partial where it is the same nonzero finite
     number at every probe point (None otherwise): read off ops.py's formulas."""
-    if not _CONSTANT:
-        probes = [(0.3, 0.7), (-1.7, 2.5), (4.0, -0.25), (-0.5, -3.0), (1e3, 1e-3), (2.0, 2.0), (0.0, 1.0)]
-        for code, formula in ops.formulas().items():
-            try:
-                seen = [formula(x, y)[1:3] for x, y in probes]
-            except (ArithmeticError, ValueError):
-                seen = [(0.0, 0.0)]
-            _CONSTANT[code] = tuple(
-                d[0] if all(e == d[0] for e in d) and d[0] != 0.0 and abs(d[0]) != float("inf") else None
-                for d in zip(*seen)
-            )
-    return _CONSTANT
+    probes = [(0.3, 0.7), (-1.7, 2.5), (4.0, -0.25), (-0.5, -3.0), (1e3, 1e-3), (2.0, 2.0), (0.0, 1.0)]
+    constant = {}
+    for code, formula in ops.formulas().items():
+        try:
+            seen = [formula(x, y)[1:3] for x, y in probes]
+        except (ArithmeticError, ValueError):
+            seen = [(0.0, 0.0)]
+        constant[code] = tuple(
+            d[0] if all(e == d[0] for e in d) and d[0] != 0.0 and abs(d[0]) != math.inf else None for d in zip(*seen)
+        )
+    return constant
 
 
 def _literal(value):
@@ -305,6 +302,12 @@ class _Writer:
         self.plan = plan
         self.names = names  # opcode -> formula function name
         self.exponents = exponents
+        self.local = plan.local_adjoint  # slots whose value and adjoint stay in registers
+
+    @staticmethod
+    def at(fn, i):
+        """Where entry i's value, partials and adjoint are in the rows."""
+        return i
 
     def kept(self, node):
         """Whether the forward keeps this entry's value and partials for the reverse, which
@@ -317,6 +320,7 @@ class _Writer:
     def recall(self, fn, node, at):
         """The kept (value, d/dx, d/dy) of an entry, from index ``at`` of the rows."""
         fn.t[node[1]] = tuple(fn.load(row, at) for row in ("val", "da", "db"))
+        fn.here.add(node[1])
 
     def operand(self, fn, operand, i):
         if operand[0] == "local":
@@ -330,6 +334,7 @@ class _Writer:
         i = fn.index(index)
         y = _literal(self.exponents[slot]) if slot in self.exponents else self.operand(fn, y, i)
         fn.t[slot] = fn.call(self.names[code], self.operand(fn, x, i), y)
+        fn.here.add(slot)
         return i
 
     def forward(self, fn, nodes, full):
@@ -341,24 +346,30 @@ class _Writer:
             elif node[0] == "loop":
                 fn.loop(node[1], node[2], False, (), lambda body=node[3]: self.forward(fn, body, full))
             else:
-                slot, code = node[1], node[2]
                 i = self.evaluate(fn, node)
-                v, dx, dy = fn.t[slot]
-                shared = not self.plan.local_adjoint[slot]
-                kept = full or self.kept(node)
-                if kept or shared:
-                    fn.store("val", i, v)
-                if kept:
-                    fn.store("da", i, dx)
-                    fn.store("db", i, dy)
-                if shared:
-                    fn.store("adj", i, "0.0")
-                if code == ops.GUARD:
+                self.store(fn, node, i, full)
+                if node[2] == ops.GUARD:
                     failed, ok = fn.new("failed"), fn.new("ok")
-                    fn.emit(f"br i1 {fn.op(f'fcmp oeq double {v}, 0.0')}, label {failed}, label {ok}")
+                    fn.emit(f"br i1 {fn.op(f'fcmp oeq double {fn.t[node[1]][0]}, 0.0')}, label {failed}, label {ok}")
                     fn.label(failed)
                     fn.emit(f"ret i64 {i}")
                     fn.label(ok)
+
+    def store(self, fn, node, i, full=False):
+        """After an entry's evaluation: its value where another iteration, function or the
+        reverse reads it, its partials where they are kept (all with ``full``), and a zero
+        adjoint where the adjoint is in memory."""
+        slot = node[1]
+        v, dx, dy = fn.t[slot]
+        at = self.at(fn, i)
+        kept = full or self.kept(node)
+        if kept or not self.local[slot]:
+            fn.store("val", at, v)
+        if kept:
+            fn.store("da", at, dx)
+            fn.store("db", at, dy)
+        if not self.local[slot]:
+            fn.store("adj", at, "0.0")
 
     def reverse(self, fn, nodes, evaluated=False):
         """kernels.backward over nodes: entries last to first, the first operand's product
@@ -366,39 +377,43 @@ class _Writer:
         whose adjoint is zero; the product is +0.0 for it here, and adding +0.0 changes no
         adjoint (a sum starting at +0.0 is never -0.0). ``evaluated``: fn's forward already
         holds these nodes' partials (a fused last chunk)."""
-        plan = self.plan
         for node in nodes:
             if node[0] == "entry":
-                if evaluated:
-                    pass
-                elif self.kept(node):
-                    self.recall(fn, node, fn.index(node[3]))
-                else:
-                    self.evaluate(fn, node)  # this iteration's values and partials again
-                if plan.local_adjoint[node[1]]:
-                    fn.g[node[1]] = "0.0"
+                self.prepare(fn, node, evaluated)
         for node in reversed(nodes):
             if node[0] == "loop":
                 if _has_entries(node[3]):
-                    carried = sorted(s for s in _adjoint_targets(node[3], plan.local_adjoint) if s in fn.g)
+                    carried = sorted(s for s in _adjoint_targets(node[3], self.local) if s in fn.g)
                     fn.loop(node[1], node[2], True, carried, lambda body=node[3]: self.reverse(fn, body))
+            elif node[0] == "entry":
+                self.sweep(fn, node)
+
+    def prepare(self, fn, node, evaluated=False):
+        """An entry's value and partials for the reverse (evaluated again, or kept by the
+        forward; ``evaluated``: fn's forward holds them), its register adjoint at 0."""
+        if not evaluated:
+            if self.kept(node):
+                self.recall(fn, node, self.at(fn, fn.index(node[3])))
+            else:
+                self.evaluate(fn, node)  # this iteration's values and partials again
+        if self.local[node[1]]:
+            fn.g[node[1]] = "0.0"
+
+    def sweep(self, fn, node):
+        """An entry's reverse step: its adjoint times each partial into its operands'."""
+        _, slot, code, index, x, y = node
+        if x[0] == "const" and y[0] == "const":
+            return
+        h = fn.g[slot] if self.local[slot] else fn.load("adj", self.at(fn, fn.index(index)))
+        for which, operand in enumerate((x, y)):
+            if operand[0] == "const":
                 continue
-            if node[0] != "entry":
-                continue
-            _, slot, _, index, x, y = node
-            if x[0] == "const" and y[0] == "const":
-                continue
-            i = fn.index(index)
-            h = fn.g[slot] if plan.local_adjoint[slot] else fn.load("adj", i)
-            for which, operand in enumerate((x, y)):
-                if operand[0] == "const":
-                    continue
-                product = self.product(fn, node[2], which, fn.t[slot][1 + which], h)
-                if operand[0] == "local" and plan.local_adjoint[operand[1]]:
-                    self.add(fn, operand[1], product)
-                else:
-                    where = operand[1] if operand[0] == "val" else plan.slots[operand[1]][0]
-                    fn.add_to("adj", fn.index(where), product)
+            product = self.product(fn, code, which, fn.t[slot][1 + which], h)
+            if operand[0] == "local" and self.local[operand[1]]:
+                self.add(fn, operand[1], product)
+            else:
+                where = operand[1] if operand[0] == "val" else self.plan.slots[operand[1]][0]
+                fn.add_to("adj", self.at(fn, fn.index(where)), product)
 
     @staticmethod
     def product(fn, code, which, partial, weight):
@@ -486,12 +501,11 @@ class _LanesWriter(_Writer):
         if operand[0] == "const":
             return fn.load("c", i)
         at = operand[1] if operand[0] == "val" else self.plan.slots[operand[1]][0]
-        return fn.load("val", fn.lane(fn.index(at)))
+        return fn.load("val", self.at(fn, fn.index(at)))
 
-    def evaluate(self, fn, node):
-        i = super().evaluate(fn, node)
-        fn.here.add(node[1])
-        return i
+    @staticmethod
+    def at(fn, i):
+        return fn.lane(i)
 
     def forward(self, fn, nodes, full=False):
         for kind, part in _segments(nodes):
@@ -504,23 +518,15 @@ class _LanesWriter(_Writer):
         fn.here = set()
         for node in run:
             if node[0] == "source":
-                fn.store("adj", fn.lane(fn.index(node[1])), "0.0")
+                fn.store("adj", self.at(fn, fn.index(node[1])), "0.0")
                 continue
-            slot, code = node[1], node[2]
             i = self.evaluate(fn, node)
-            v, dx, dy = fn.t[slot]
-            at = fn.lane(i)
-            if not self.local[slot] or self.kept(node):
-                fn.store("val", at, v)
-            if self.kept(node):
-                fn.store("da", at, dx)
-                fn.store("db", at, dy)
-            if not self.local[slot]:
-                fn.store("adj", at, "0.0")
-            if code == ops.GUARD:
+            self.store(fn, node, i)
+            if node[2] == ops.GUARD:
                 where = fn.op(f"getelementptr inbounds i64, ptr %failed, i64 {fn.k[LANE]}")
                 first = fn.op(f"load i64, ptr {where}")
-                now = fn.op(f"and i1 {fn.op(f'fcmp oeq double {v}, 0.0')}, {fn.op(f'icmp slt i64 {first}, 0')}")
+                zero = fn.op(f"fcmp oeq double {fn.t[node[1]][0]}, 0.0")
+                now = fn.op(f"and i1 {zero}, {fn.op(f'icmp slt i64 {first}, 0')}")
                 fn.emit(f"store i64 {fn.op(f'select i1 {now}, i64 {i}, i64 {first}')}, ptr {where}")
 
     def reverse(self, fn, nodes, evaluated=False):
@@ -535,30 +541,10 @@ class _LanesWriter(_Writer):
         fn.here = set()
         for node in run:
             if node[0] == "entry":
-                if self.kept(node):
-                    self.recall(fn, node, fn.lane(fn.index(node[3])))
-                    fn.here.add(node[1])
-                else:
-                    self.evaluate(fn, node)
-                if self.local[node[1]]:
-                    fn.g[node[1]] = "0.0"
+                self.prepare(fn, node)
         for node in reversed(run):
-            if node[0] != "entry":
-                continue
-            _, slot, _, index, x, y = node
-            if x[0] == "const" and y[0] == "const":
-                continue
-            i = fn.index(index)
-            h = fn.g[slot] if self.local[slot] else fn.load("adj", fn.lane(i))
-            for which, operand in enumerate((x, y)):
-                if operand[0] == "const":
-                    continue
-                product = self.product(fn, node[2], which, fn.t[slot][1 + which], h)
-                if operand[0] == "local" and self.local[operand[1]]:
-                    self.add(fn, operand[1], product)
-                else:
-                    where = operand[1] if operand[0] == "val" else self.plan.slots[operand[1]][0]
-                    fn.add_to("adj", fn.lane(fn.index(where)), product)
+            if node[0] == "entry":
+                self.sweep(fn, node)
 
 
 def _lanes_functions(w, inputs, params, outputs):

@@ -544,7 +544,8 @@ class Compiled:
         out = grad if grad.flags.c_contiguous else np.empty_like(grad)
         m = self.machine
         failed = codegen.call_value_and_grad(m.value_and_grad, w.val, w.da, w.db, w.adj, program.const, x, p, out)
-        grad[...] = out
+        if out is not grad:
+            grad[...] = out
         return failed
 
     def batch(self, program, rows, X, P, want_grad, values, grads, failed, workers=1):

@@ -395,36 +395,50 @@ def test_compiled_batches_from_threads(tiers):
         same(r, e)
 
 
+def _compiled_tape(prog, data):
+    """prog traced at a drawn point and compiled, both its modules; None where it cannot be traced."""
+    x0 = data.draw(points(prog.n_inputs))
+    try:
+        program = jitad.trace(prog, x0).tape
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None, None
+    c = compiler.compile_program(
+        program.op, program.a, program.b, program.const, program.value, program.inputs, program.params, program.outputs
+    )
+    assert c.second(program, wait=True) is not None
+    return program, c
+
+
+def _batch_agrees(program, c, X, workers=1):
+    """c.batch of the points X against the interpreter's batch kernel: the same failed
+    guards, and the same bits where none failed. Returns which points ran."""
+    K, n, m = X.shape[0], program.inputs.size, program.outputs.size
+    P = np.empty((1, 0))
+    want = np.empty((K, m)), np.empty((K, n)), np.empty(K, dtype=np.int64)
+    columns = (program.op, program.a, program.b, program.const, program.value, program.inputs, program.params)
+    scratch = np.empty((1, 4, len(program), 4))
+    lanes = np.empty((1, 4), dtype=np.int64)
+    kernels.batch_share(*columns, program.outputs, X, P, 0, 1, True, *want, scratch[0], lanes[0])
+    got = np.empty((K, m)), np.empty((K, n)), np.empty(K, dtype=np.int64)
+    c.batch(program, _Work(program).rows, X, P, True, *got, workers)
+    same(got[2], want[2])
+    ok = want[2] < 0
+    same(got[0][ok], want[0][ok])
+    same(got[1][ok], want[1][ok])
+    return ok, want
+
+
 @property_settings(25)
 @given(programs(n_inputs=st.integers(1, 4)), st.data())
 def test_random_programs_in_lanes(prog, data):
     # Blocks of LANES points side by side (one and two threads) and the points left over,
     # against the interpreter's batch kernel: the same bits, and the same failed guards.
-    x0 = data.draw(points(prog.n_inputs))
-    try:
-        program = jitad.trace(prog, x0).tape
-    except (ValueError, ZeroDivisionError, OverflowError):
+    program, c = _compiled_tape(prog, data)
+    if program is None:
         return
-    c = compiler.compile_program(
-        program.op, program.a, program.b, program.const, program.value, program.inputs, program.params, program.outputs
-    )
-    K = 2 * codegen.LANES + 3
-    X = np.array([data.draw(points(prog.n_inputs)) for _ in range(K)])
-    P = np.empty((1, 0))
-    m = program.outputs.size
-    want = np.empty((K, m)), np.empty((K, prog.n_inputs)), np.empty(K, dtype=np.int64)
-    columns = (program.op, program.a, program.b, program.const, program.value, program.inputs, program.params)
-    scratch = np.empty((1, 4, len(program), 4))
-    lanes = np.empty((1, 4), dtype=np.int64)
-    kernels.batch_share(*columns, program.outputs, X, P, 0, 1, True, *want, scratch[0], lanes[0])
-    assert c.second(program, wait=True) is not None
+    X = np.array([data.draw(points(prog.n_inputs)) for _ in range(2 * codegen.LANES + 3)])
     for workers in (1, 2):
-        got = np.empty((K, m)), np.empty((K, prog.n_inputs)), np.empty(K, dtype=np.int64)
-        c.batch(program, _Work(program).rows, X, P, True, *got, workers)
-        same(got[2], want[2])
-        ok = want[2] < 0
-        same(got[0][ok], want[0][ok])
-        same(got[1][ok], want[1][ok])
+        _batch_agrees(program, c, X, workers)
 
 
 SPECIAL = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e308, -1e308, 5e-324, -5e-324, 1.0, -1.0, 0.5, 2.0, 1e-300]
@@ -437,32 +451,14 @@ def test_random_programs_at_special_points(prog, data):
     # point and lanes) gives the interpreter's bits, and fails the same guards. Its shortcuts
     # (constant partials, a register adjoint's first contribution, kept partials) rest on
     # what zeros' signs and non-finite partials do: this is where they would show.
-    x0 = data.draw(points(prog.n_inputs))
-    try:
-        program = jitad.trace(prog, x0).tape
-    except (ValueError, ZeroDivisionError, OverflowError):
+    program, c = _compiled_tape(prog, data)
+    if program is None:
         return
-    c = compiler.compile_program(
-        program.op, program.a, program.b, program.const, program.value, program.inputs, program.params, program.outputs
-    )
-    assert c.second(program, wait=True) is not None
-    K = codegen.LANES + 2
     special = st.sampled_from(SPECIAL)
-    X = np.array([[data.draw(special) for _ in range(prog.n_inputs)] for _ in range(K)])
-    n, m = prog.n_inputs, program.outputs.size
-    want = np.empty((K, m)), np.empty((K, n)), np.empty(K, dtype=np.int64)
-    columns = (program.op, program.a, program.b, program.const, program.value, program.inputs, program.params)
-    scratch = np.empty((1, 4, len(program), 4))
-    lanes = np.empty((1, 4), dtype=np.int64)
-    kernels.batch_share(*columns, program.outputs, X, np.empty((1, 0)), 0, 1, True, *want, scratch[0], lanes[0])
-    got = np.empty((K, m)), np.empty((K, n)), np.empty(K, dtype=np.int64)
-    c.batch(program, _Work(program).rows, X, np.empty((1, 0)), True, *got)
-    same(got[2], want[2])
-    ok = want[2] < 0
-    same(got[0][ok], want[0][ok])
-    same(got[1][ok], want[1][ok])
-    for k in range(K):  # one point at a time
-        w, g = _Work(program), np.empty(n)
+    X = np.array([[data.draw(special) for _ in range(prog.n_inputs)] for _ in range(codegen.LANES + 2)])
+    ok, want = _batch_agrees(program, c, X)
+    for k in range(X.shape[0]):  # one point at a time
+        w, g = _Work(program), np.empty(prog.n_inputs)
         assert (c.value_and_grad(program, w, X[k], np.empty(0), g) >= 0) == (not ok[k])
         if ok[k]:
             same(w.val[program.outputs[0]], want[0][k, 0])
