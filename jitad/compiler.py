@@ -837,7 +837,21 @@ class Tier:
         finally:
             _BUILDS.discard(threading.current_thread())
 
-    def _compile(self, program):
+    def now(self, program):
+        """Compile ``program`` here, both modules, waiting for them (a background compile
+        of it that is running is waited for); its Compiled code, or None where it stays on
+        the interpreter (the warning says why)."""
+        with self._lock:
+            self._calls[program] = -1  # no background start from now on
+        self.wait()
+        if program not in self._ready and program not in self._failed:
+            self._compile(program, asked=True)
+        compiled = self._ready.get(program)
+        if compiled is not None:
+            compiled.second(program, wait=True)
+        return compiled
+
+    def _compile(self, program, asked=False):
         try:
             compiled = compile_program(
                 program.op, program.a, program.b, program.const, program.value,
@@ -848,7 +862,7 @@ class Tier:
         except Exception as e:  # noqa: BLE001 - the interpreter keeps running; say why once
             self.errors.append(e)
             self._failed.add(program)
-            if isinstance(e, TooIrregular) and self.mode == "auto":
+            if isinstance(e, TooIrregular) and self.mode == "auto" and not asked:
                 return  # the default's own choice, not a failure
             import warnings
 

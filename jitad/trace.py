@@ -471,6 +471,19 @@ class TapeFunction:
         self._local.hot = (key, *hot[1:])
         return hot
 
+    def compile(self) -> "TapeFunction":
+        """Compile every recorded branch now and wait for the code (the gradient, the full
+        replay and the batches'), so that the calls that follow run compiled; returns self.
+        Without it, ``compile="auto"`` compiles a tape in the background once it is hot. A
+        tape that cannot be compiled stays on the interpreter, with a warning saying why."""
+        if not self._tier.mode:
+            raise ValueError("this function was traced with compile=False: trace it with compile=True or 'auto'")
+        with self._lock:
+            programs = list(self._programs.values())
+        for program in programs:
+            self._tier.now(program)
+        return self
+
     def jacobian(self, x: ArrayLike, *args: ArrayLike, sparse: bool = False) -> Any:
         """The (m, n) Jacobian: m reverse sweeps, or n tangent sweeps when n < m. With
         ``sparse=True`` a ``scipy.sparse.csr_array`` (m, n), exact, by one tangent sweep per

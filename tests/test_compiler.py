@@ -58,12 +58,9 @@ RNG = np.random.default_rng(1)
 
 def compiled(f, x0, *args, **kw):
     """A TapeFunction whose first program is compiled before returning."""
-    F = jitad.trace(f, x0, *args, compile=True, **kw)
-    F(x0, *args)  # the first call runs the interpreter
-    F._tier.get(F.tape)  # the second starts compiling
-    assert F._tier.wait(timeout=600)
+    F = jitad.trace(f, x0, *args, compile=True, **kw).compile()
     assert F._tier.ready(F.tape) is not None, F._tier.errors
-    assert F._tier.ready(F.tape).second(F.tape, wait=True) is not None  # and its replay and batches
+    assert F._tier.ready(F.tape)._second is not None  # and its replay and batches
     return F
 
 
@@ -305,6 +302,25 @@ def test_interpreter_runs_until_compiled_and_modes_are_checked():
         jitad.trace(rosenbrock, np.zeros(3), compile="yes")
 
 
+def test_compile_builds_every_branch_now():
+    x = np.array([0.5, -0.3, 1.2, -2.0])
+    F = jitad.trace(branchy, x, 1.5)  # "auto": nothing compiled before 64 calls
+    R = jitad.trace(branchy, x, 1.5, compile=False)
+    F(-x, 1.5)  # a second branch
+    assert F.compile() is F and len(F._programs) == 2
+    for program in F._programs.values():
+        assert F._tier.ready(program)._second is not None, F._tier.errors
+    X = np.array([x, -x, 0.5 * x, x[::-1]] * 4)
+    for point in X[:4]:
+        for got, expected in zip(F.value_and_grad(point, 1.5), R.value_and_grad(point, 1.5)):
+            same(got, expected)
+        same(F(point, 1.5), R(point, 1.5))
+    for got, expected in zip(F.value_and_grad_batch(X, 1.5), R.value_and_grad_batch(X, 1.5)):
+        same(got, expected)
+    with pytest.raises(ValueError, match="compile=False"):
+        R.compile()
+
+
 # --- the cache ----------------------------------------------------------------------------
 
 
@@ -499,6 +515,10 @@ def test_a_tape_that_does_not_repeat_stays_on_the_interpreter(monkeypatch):
         G.grad(x)
         assert G._tier.wait(timeout=600)
     same(G.grad(x), expected)
+    H = jitad.trace(irregular, x)
+    with pytest.warns(RuntimeWarning, match="entries in code"):
+        H.compile()  # asked for: says why it stays on the interpreter
+    same(H.grad(x), expected)
 
 
 def test_the_memory_cache_keeps_the_last_structures(fresh_memory, monkeypatch):
