@@ -9,6 +9,7 @@ Layers: this module reads a program's arrays (it never imports ``trace``); ``tra
 import atexit
 import contextlib
 import hashlib
+import os
 import threading
 import time
 import weakref
@@ -626,6 +627,13 @@ class Compiled:
         finally:
             _BUILDS.discard(threading.current_thread())
 
+    def _forked(self):
+        # In a forked child (see _after_fork_in_child): a second module that was compiling
+        # is compiled again when next asked for.
+        self._second_lock = threading.Lock()
+        if self._second is None:
+            self._second_thread = None
+
     def _lanes_rows(self, rows, workers):
         """This thread's (workers, 4, entries x LANES) values, partials and adjoints of
         LANES points for each of ``workers`` threads, for the program whose work rows are
@@ -773,6 +781,38 @@ def _stop_builds():
 
 atexit.register(_stop_builds)
 
+# A compile in a background thread holds these locks for up to seconds (Numba's for every
+# LLVM stage). A child forked meanwhile (multiprocessing's default on Linux) would inherit
+# them held by a thread it does not have, and hang at its first compile: instead the fork
+# waits for the stage to end, and in the child the builds that were in flight start again
+# at the next call. Acquired in the order the compile threads take them.
+_TIERS = weakref.WeakSet()
+_FORK_LOCKS = (codegen._FORMULA_LOCK, codegen.global_compiler_lock, _MEMORY_LOCK)
+
+
+def _before_fork():
+    for lock in _FORK_LOCKS:
+        lock.acquire()
+
+
+def _after_fork():
+    for lock in reversed(_FORK_LOCKS):
+        lock.release()
+
+
+def _after_fork_in_child():
+    _after_fork()
+    _BUILDS.clear()
+    for tier in list(_TIERS):
+        tier._forked()
+    with _MEMORY_LOCK:
+        known = list(_MEMORY.values())
+    for compiled in known:
+        compiled._forked()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork_in_child)
+
 
 class Tier:
     """One TapeFunction's compiled code: ``get(program)`` returns a ``Compiled`` or None
@@ -792,6 +832,19 @@ class Tier:
         self._hot = (None, None)  # (program, Compiled): the last lookup, checked first
         self._failed = weakref.WeakSet()  # programs whose compile raised: the interpreter runs them
         self.errors = []
+        _TIERS.add(self)
+
+    def _forked(self):
+        # In a forked child: the compile threads did not come along; their programs are
+        # compiled again from the next call.
+        self._lock = threading.Lock()
+        self._threads = []
+        threshold = 1 if self.mode is True else AUTO_CALLS
+        for program, seen in list(self._calls.items()):
+            if seen < 0 and program not in self._ready and program not in self._failed:
+                self._calls[program] = threshold
+        for compiled in list(self._ready.values()):
+            compiled._forked()
 
     def __getstate__(self):  # a pickled TapeFunction compiles again where it lands
         return {"mode": self.mode}

@@ -2,12 +2,14 @@
 structure cache is hit, missed and never trusted when damaged, and every TapeFunction path
 runs the same through both tiers."""
 
+import multiprocessing
 import os
 import pickle
 import subprocess
 import sys
 import threading
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
@@ -319,6 +321,72 @@ def test_compile_builds_every_branch_now():
         same(got, expected)
     with pytest.raises(ValueError, match="compile=False"):
         R.compile()
+
+
+def _in_forked_child(work, timeout=120):
+    """work() in a child forked now; its result, or "hung" when it did not answer in time."""
+    ctx = multiprocessing.get_context("fork")
+    here, there = ctx.Pipe()
+
+    def run():
+        there.send(work())
+
+    child = ctx.Process(target=run, daemon=True)
+    child.start()
+    answer = here.recv() if here.poll(timeout) else "hung"
+    child.kill()
+    child.join()
+    return answer
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_child_forked_during_a_compile_does_not_hang():
+    # A compile holds Numba's lock for seconds; a child forked meanwhile inherited it held
+    # by a thread it does not have and hung at its first compile. The fork now waits.
+    held, release = threading.Event(), threading.Event()
+
+    def compiling():
+        with codegen.global_compiler_lock:
+            held.set()
+            release.wait(1.0)
+
+    thread = threading.Thread(target=compiling)
+    thread.start()
+    held.wait()
+
+    def work():
+        return numba.njit(lambda v: v + 1.0)(1.0)
+
+    assert _in_forked_child(work) == 2.0
+    release.set()
+    thread.join()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_compile_in_flight_at_a_fork_starts_again_in_the_child(monkeypatch):
+    go = threading.Event()
+    original = compiler.compile_program
+
+    def waiting(*args):
+        go.wait()
+        return original(*args)
+
+    monkeypatch.setattr(compiler, "compile_program", waiting)
+    x = np.linspace(-1, 1, 7)
+    expected = jitad.trace(rosenbrock, x, compile=False).grad(x)
+    F = jitad.trace(rosenbrock, x, compile=True)
+    F.grad(x)
+    F.grad(x)  # the compile thread starts and waits for go
+
+    def work():
+        go.set()  # the child's copy: its thread was not forked along
+        F.grad(x)
+        assert F._tier.wait(timeout=100)
+        return F._tier.ready(F.tape) is not None and bool(np.array_equal(F.grad(x), expected))
+
+    assert _in_forked_child(work) is True
+    go.set()
+    assert F._tier.wait(timeout=100) and F._tier.ready(F.tape) is not None
 
 
 # --- the cache ----------------------------------------------------------------------------
