@@ -117,7 +117,7 @@ class JitadEager(Adapter):
 
 class JitadReplay(Adapter):
     key = "jitad_replay"
-    label = "jitad replay (trace once, F.value_and_grad)"
+    label = "jitad interpreter (trace once, compile=False, F.value_and_grad)"
     kind = "replay"
 
     def check(self):
@@ -129,11 +129,100 @@ class JitadReplay(Adapter):
         M = jitad_namespace()
         f = w.f
         t0 = time.perf_counter()
-        F = jitad.trace(lambda x: f(x, M), w.x0, compile=False)  # the interpreter; the compiled tier: bench_compiler
+        F = jitad.trace(lambda x: f(x, M), w.x0, compile=False)  # the interpreter
         trace_s = time.perf_counter() - t0
         p = Prepared(F.value_and_grad, ops=len(F.tape), ops_note="tape entries (leaves included)", compile_s=trace_s)
         p.F = F
         return p
+
+
+def purge_compiled(root):
+    """Forget the compiled tier's code, in memory and on disk, so that the next compile is
+    cold. Only when its cache directory lies under ``root`` (the benchmark's own temporary
+    Numba cache): a user's cache is never touched. The op formulas' IR (``formulas/``, once
+    per machine, compiled in the warm-up) is kept. Returns whether it purged."""
+    from pathlib import Path
+
+    from jitad import compiler
+
+    directory = compiler.cache_dir()
+    memory, lock = getattr(compiler, "_MEMORY", None), getattr(compiler, "_MEMORY_LOCK", None)
+    if root is None or directory is None or memory is None or lock is None:
+        return False  # (jitad's in-memory cache moved: then nothing here claims a cold compile)
+    try:
+        Path(directory).resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        return False
+    with lock:
+        memory.clear()
+    for path in Path(directory).glob("*.o"):
+        path.unlink(missing_ok=True)
+    return True
+
+
+def compiled_state(F):
+    """(compiled programs, programs, cache hits) of a TapeFunction's branches, read from
+    jitad's tier; None where jitad's internals changed."""
+    try:
+        programs = list(F._programs.values())
+        ready = [F._tier._ready.get(p) for p in programs]
+    except AttributeError:
+        return None
+    done = [c for c in ready if c is not None]
+    disk = sum(1 for c in done if (getattr(c, "summary", None) or {}).get("disk"))
+    return len(done), len(programs), disk
+
+
+class JitadCompiled(Adapter):
+    key = "jitad_compiled"
+    label = "jitad compiled (trace, F.compile(), F.value_and_grad)"
+    kind = "compiled"
+    purge_root = None  # run.py: its temporary Numba cache, so that every compile here is cold
+
+    def check(self):
+        jitad = _jitad()
+        if not hasattr(getattr(jitad, "TapeFunction", object), "compile"):
+            raise Unavailable("TapeFunction.compile not available yet")
+
+    def prepare(self, w):
+        import warnings
+
+        jitad = _jitad()
+        M = jitad_namespace()
+        f = w.f
+        purged = purge_compiled(self.purge_root)
+        t0 = time.perf_counter()
+        F = jitad.trace(lambda x: f(x, M), w.x0)  # compile="auto", the default
+        t1 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            F.compile()  # every branch: the gradient, the full replay and the lanes; waits
+        t2 = time.perf_counter()
+        trace_s, compile_s = t1 - t0, t2 - t1
+        state = compiled_state(F)
+        note = f"trace {_secs(trace_s)} + F.compile() {_secs(compile_s)}"
+        if state is not None:
+            done, total, disk = state
+            if done < total:
+                note += f"; {total - done} of {total} branch(es) stay on the interpreter"
+            elif disk:
+                note += ", from the disk cache"
+            elif purged:
+                note += ", cold (empty cache)"
+        for wm in caught:
+            note += f"; warning: {str(wm.message)[:120]}"
+        p = Prepared(
+            F.value_and_grad, ops=len(F.tape), ops_note="tape entries (leaves included)", compile_s=trace_s + compile_s
+        )
+        p.note = note
+        p.F = F
+        p.trace_s = trace_s
+        p.jit_s = compile_s
+        return p
+
+
+def _secs(s):
+    return f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"
 
 
 # --- micrograd 0.1.0, with the functions it lacks added in its own closure style -------------
@@ -446,6 +535,7 @@ class JaxScalar(Adapter):
     native_memory = True
     cap_s = 60.0
     seconds_per_op = 5e-3  # replaced by the slope measured in the first-call sweep
+    slope_source = "a default estimate, nothing measured yet"
 
     def check(self):
         _jax()
@@ -455,7 +545,7 @@ class JaxScalar(Adapter):
         if predicted > self.cap_s:
             return (
                 f"trace + compile predicted {predicted:.0f} s "
-                f"({self.seconds_per_op * 1e3:.1f} ms/op measured on the Rosenbrock sweep) > {self.cap_s:.0f} s cap"
+                f"({self.seconds_per_op * 1e3:.1f} ms/op, {self.slope_source}) > {self.cap_s:.0f} s cap"
             )
         return None
 
@@ -505,9 +595,45 @@ def _casadi():
     return casadi
 
 
+def _casadi_graph(w):
+    """(ca, x, y, gradient, seconds): the workload's SX graph and its gradient."""
+    ca = _casadi()
+    M = SimpleNamespace(exp=ca.exp, log=ca.log, sin=ca.sin, cos=ca.cos, tanh=ca.tanh, maximum=ca.fmax)
+    n = w.n
+    t0 = time.perf_counter()
+    x = ca.SX.sym("x", n)
+    y = w.f([x[i] for i in range(n)], M)
+    g = ca.gradient(y, x)
+    return ca, x, y, g, time.perf_counter() - t0
+
+
+def _casadi_prepared(ca, F, x, y, n, compile_s):
+    buf, trigger = F.buffer()
+    xin = np.empty(n)
+    fout = np.empty(1)
+    gout = np.empty(n)
+    buf.set_arg(0, memoryview(xin))
+    buf.set_res(0, memoryview(fout))
+    buf.set_res(1, memoryview(gout))
+
+    def grad(x_):
+        xin[:] = x_
+        trigger()
+        return float(fout[0]), gout.copy()
+
+    def count():
+        return ca.Function("f0", [x], [y]).n_instructions()
+
+    p = Prepared(grad, ops=count, ops_note="SX instructions of f (inputs included)", compile_s=compile_s)
+    p.F = F
+    p.instructions = F.n_instructions()
+    p.buffer = (xin, fout, gout, trigger, buf)
+    return p
+
+
 class CasadiSX(Adapter):
     key = "casadi"
-    label = "CasADi SX Function, buffer() call"
+    label = "CasADi SX Function (VM), buffer() call"
     kind = "replay"
     native_memory = True
 
@@ -515,34 +641,115 @@ class CasadiSX(Adapter):
         _casadi()
 
     def prepare(self, w):
-        ca = _casadi()
-        M = SimpleNamespace(exp=ca.exp, log=ca.log, sin=ca.sin, cos=ca.cos, tanh=ca.tanh, maximum=ca.fmax)
-        n = w.n
         t0 = time.perf_counter()
-        x = ca.SX.sym("x", n)
-        y = w.f([x[i] for i in range(n)], M)
-        F = ca.Function("f", [x], [y, ca.gradient(y, x)])
-        build_s = time.perf_counter() - t0
-        buf, trigger = F.buffer()
-        xin = np.empty(n)
-        fout = np.empty(1)
-        gout = np.empty(n)
-        buf.set_arg(0, memoryview(xin))
-        buf.set_res(0, memoryview(fout))
-        buf.set_res(1, memoryview(gout))
+        ca, x, y, g, _ = _casadi_graph(w)
+        F = ca.Function("f", [x], [y, g])
+        return _casadi_prepared(ca, F, x, y, w.n, time.perf_counter() - t0)
 
-        def grad(x):
-            xin[:] = x
-            trigger()
-            return float(fout[0]), gout.copy()
 
-        def count():
-            return ca.Function("f0", [x], [y]).n_instructions()
+_JIT_DIR = []
 
-        p = Prepared(grad, ops=count, ops_note="SX instructions of f (inputs included)", compile_s=build_s)
-        p.F = F
-        p.instructions = F.n_instructions()
-        p.buffer = (xin, fout, gout, trigger, buf)
+
+def _jit_dir():
+    """One temporary directory per process for CasADi's C sources and shared objects
+    (CasADi writes into the working directory otherwise), removed at exit."""
+    if not _JIT_DIR:
+        import atexit
+        import shutil
+        import tempfile
+
+        d = tempfile.mkdtemp(prefix="jitad-bench-casadi-")
+        atexit.register(shutil.rmtree, d, True)
+        _JIT_DIR.append(d)
+    return _JIT_DIR[0]
+
+
+class CasadiJit(Adapter):
+    """CasADi's C code generation, compiled by gcc when the Function is built (``jit``),
+    called through the same ``buffer()`` as the SX VM.
+
+    CasADi's shell compiler passes no optimization flag by default (gcc's -O0). -O1 was
+    chosen from a trial on Rosenbrock n=1000 (16K instructions with the gradient) on this
+    machine, 2026-11-30: -O0 compiled in 1.9 s and ran 30 µs per call (slower than the VM),
+    -O1 12-14 s and 12-15 µs, -O2 22 s and 20 µs, -O3 33 s and 19 µs.
+
+    The C compile grows fast with the size of the code: a cell is skipped when its compile,
+    predicted from the seconds per op measured on the previous workload (or the Rosenbrock
+    sweep), exceeds ``cap_s``, and gcc is killed (``timeout -s KILL``) when it runs past the
+    cap anyway.
+    """
+
+    key = "casadi_jit"
+    flags = ("-O1",)
+    label = "CasADi SX Function, C jit (gcc -O1), buffer() call"
+    kind = "compiled"
+    native_memory = True
+    cap_s = 90.0
+    seconds_per_op = 1.5e-3  # replaced by measurements (Rosenbrock sweep, previous workload)
+    slope_source = "a default estimate, nothing measured yet"
+
+    def check(self):
+        import shutil
+
+        _casadi()
+        for tool in ("gcc", "timeout"):
+            if shutil.which(tool) is None:
+                raise Unavailable(f"{tool} not found: CasADi's shell JIT compiler needs it")
+
+    def predicted(self, w):
+        return self.seconds_per_op * (w.meta.get("ref_ops") or 0)
+
+    def skip(self, w):
+        predicted = self.predicted(w)
+        if predicted > self.cap_s:
+            return (
+                f"C compile predicted {predicted:.{0 if predicted >= 10 else 1}f} s "
+                f"({self.seconds_per_op * 1e3:.2f} ms/op, {self.slope_source}) > {self.cap_s:g} s cap"
+            )
+        return None
+
+    @classmethod
+    def learn(cls, seconds, ops, source):
+        """Use a measured compile (seconds for ops tape entries; source: "measured on ...")
+        for the next predictions."""
+        if seconds and ops and ops >= 500:
+            cls.seconds_per_op = seconds / ops
+            cls.slope_source = source
+
+    def prepare(self, w):
+        t0 = time.perf_counter()
+        ca, x, y, g, build_s = _casadi_graph(w)
+        cap = max(1, int(round(self.cap_s)))
+        opts = {
+            "jit": True,
+            "compiler": "shell",
+            "jit_name": "jit_f",
+            "jit_cleanup": False,  # the directory goes at exit (CasADi would warn deleting after it)
+            "jit_options": {
+                "flags": list(self.flags),
+                "compiler": f"timeout -s KILL {cap} gcc",
+                "directory": _jit_dir() + "/",
+                "cleanup": False,
+            },
+        }
+        t1 = time.perf_counter()
+        try:
+            F = ca.Function("f", [x], [y, g], opts)
+        except RuntimeError as e:
+            spent = time.perf_counter() - t1
+            if spent >= 0.95 * cap:
+                ops = w.meta.get("ref_ops")
+                if ops and ops >= 500 and spent / ops > type(self).seconds_per_op:
+                    # At least this many seconds per op: the next predictions start from it.
+                    type(self).learn(spent, ops, f"at least: gcc killed at the cap on {w.label}")
+                raise RuntimeError(
+                    f"C compile did not finish within the {cap} s cap: gcc killed after {spent:.0f} s"
+                ) from None
+            raise
+        jit_s = time.perf_counter() - t1
+        p = _casadi_prepared(ca, F, x, y, w.n, time.perf_counter() - t0)
+        p.note = f"SX build {_secs(build_s)} + C code and gcc {' '.join(self.flags)} {_secs(jit_s)}"
+        p.jit_s = jit_s
         return p
 
 
@@ -550,7 +757,9 @@ ADAPTERS = [
     NumbaHand(),
     JitadEager(),
     JitadReplay(),
+    JitadCompiled(),
     CasadiSX(),
+    CasadiJit(),
     JaxScalar(),
     JaxVec(),
     TorchScalar(),

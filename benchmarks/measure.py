@@ -1,10 +1,14 @@
 """Timing, memory and correctness of one (system, workload) cell.
 
 Times are wall-clock ``time.perf_counter`` around single calls; each steady-state sample
-is a call at a new point, and a sample slower than 1 ms is preceded by ``gc.collect()``
-(not timed), so that the garbage of one call (or one system) does not bill the next. Memory is the ``tracemalloc`` peak during one gradient
-evaluation at a new point (Python allocators and NumPy buffers; blind to torch, XLA and
-CasADi allocations, which are flagged).
+is a call at a new point. A cell starts from a collected heap; for eager systems (which
+build a new graph, often of reference cycles, at every call) a sample slower than 1 ms is
+also preceded by ``gc.collect()`` (not timed), so that the garbage of one call does not
+bill the next. Replay and compiled systems create no such garbage and are not collected
+between samples: a collection walks the whole heap and leaves the caches cold, which
+doubled a compiled 1 ms gradient (ADBench GMM d=10 K=25) in a trial. Memory is the
+``tracemalloc`` peak during one gradient evaluation at a new point (Python allocators and
+NumPy buffers; blind to torch, XLA and CasADi allocations, which are flagged).
 """
 
 import gc
@@ -114,9 +118,10 @@ def run_cell(adapter, w, *, budget_s=1.0, min_samples=3, max_samples=200, limit_
             rng = np.random.default_rng(123)
             check_point = None
             check_grad = None
+            collect = adapter.kind == "eager"
             while len(times) < max_samples:
                 x = _new_point(w, rng)
-                if not times or times[-1] > 1e-3:
+                if collect and (not times or times[-1] > 1e-3):
                     # Start every slow sample from a collected heap: micrograd's graphs are
                     # reference cycles that only the cyclic GC frees, and garbage left by one
                     # call would otherwise slow down the next ones (and other systems).

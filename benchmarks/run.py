@@ -1,7 +1,7 @@
 """Run the benchmark suite and write benchmarks/RESULTS.md, results.json and PNG plots.
 
-    python -m benchmarks.run            # the full suite (~10 minutes on 2 cores)
-    python -m benchmarks.run --quick    # smallest sizes, 1 sample per cell
+    python -m benchmarks.run            # the full suite (~17 minutes on 2 cores)
+    python -m benchmarks.run --quick    # smallest sizes, a few samples per cell (~3 minutes)
 
 ``smoke()`` runs every adapter once on the seed graph and returns the result rows.
 """
@@ -123,6 +123,20 @@ def warm_up():
                         out[f"jitad_{name}_kernels_s"] = time.perf_counter() - t
                     except Exception as e:  # noqa: BLE001
                         out[f"jitad_{name}_error"] = f"{type(e).__name__}: {e}"
+        if hasattr(getattr(jitad, "TapeFunction", object), "compile"):
+            # The compiled tier's own kernels (rerolling, calls, lanes) and the formulas of
+            # every op the workloads use (the seed graph's, and maximum for the GMM): once
+            # per machine, like the interpreter's kernels; the main table's compiles are then
+            # the workloads' own.
+            t = time.perf_counter()
+            try:
+                F = jitad.trace(lambda x: W.seed(x, M) + M.maximum(x[0], x[1]), np.array([1.5, 0.5])).compile()
+                F.value_and_grad(np.array([1.0, 0.4]))
+                F.grad_batch(np.ones((16, 2)))
+                F.hvp(np.ones(2), np.ones(2))
+                out["jitad_compiled_kernels_s"] = time.perf_counter() - t
+            except Exception as e:  # noqa: BLE001
+                out["jitad_compiled_error"] = f"{type(e).__name__}: {e}"
     except ImportError as e:
         out["jitad_error"] = str(e)
     for mod in ("torch", "jax", "casadi", "autograd", "micrograd.engine"):
@@ -140,6 +154,25 @@ def warm_up():
     except A.Unavailable:
         pass
     return out
+
+
+def compiled_cache():
+    """Where the compiled tier caches its code in this run, and whether that is inside the
+    run's own fresh Numba cache (so that its compiles are cold)."""
+    try:
+        from jitad import compiler
+    except ImportError as e:
+        return dict(error=str(e))
+    d = compiler.cache_dir()
+    root = A.JitadCompiled.purge_root
+    inside = False
+    if d is not None and root is not None:
+        try:
+            Path(d).resolve().relative_to(Path(root).resolve())
+            inside = True
+        except ValueError:
+            pass
+    return dict(dir=None if d is None else str(d), fresh=inside, purged_per_cell=inside)
 
 
 # --- the main table --------------------------------------------------------------------------
@@ -174,6 +207,8 @@ def main_table(workloads, quick):
                 )
             if r["status"] == "ok" and w.name != "seed" and w.meta.get("ref_ops"):
                 cost[adapter.key] = r["median_s"] / w.meta["ref_ops"]
+            if adapter.key == "casadi_jit" and r["status"] == "ok":
+                A.CasadiJit.learn(r["prepared"].jit_s, w.meta.get("ref_ops"), f"measured on {w.label}")
             _log_row(r)
             rows.append(r)
     return rows
@@ -202,9 +237,19 @@ def _log_row(r):
 
 def first_call_sweep(quick):
     sizes = [10, 100, 1000] if quick else [10, 30, 100, 300, 1000, 3000, 10000]
-    systems = [A.JitadReplay(), A.CasadiSX(), A.JaxVec(), A.JitadEager(), A.TorchVec()]
+    systems = [
+        A.JitadReplay(),
+        A.JitadCompiled(),
+        A.CasadiSX(),
+        A.CasadiJit(),
+        A.JaxVec(),
+        A.JitadEager(),
+        A.TorchVec(),
+    ]
     rows = []
     jax_cap = 5.0 if quick else 20.0  # the sweep only
+    main_cap = A.CasadiJit.cap_s
+    A.CasadiJit.cap_s = min(jax_cap, main_cap)  # the sweep only, like JAX's: restored below
     jax_slope = None
     try:
         A.JaxScalar().check()
@@ -242,6 +287,11 @@ def first_call_sweep(quick):
                 row.update(status="unavailable", reason=str(e))
                 rows.append(row)
                 continue
+            reason = a.skip(w)
+            if reason:
+                row.update(status="skipped", reason=reason)
+                rows.append(row)
+                continue
             try:
                 with time_limit(120):
                     t = time.perf_counter()
@@ -249,7 +299,12 @@ def first_call_sweep(quick):
                     _, g = p.grad(w.x0)
                     row["first_s"] = time.perf_counter() - t
                     row["compile_s"] = p.compile_s
+                    row["jit_s"] = getattr(p, "jit_s", None)
+                    row["note"] = p.note
                     row["rel_err"] = rel_error(g, g_ref)
+                if a.key == "casadi_jit":
+                    A.CasadiJit.learn(p.jit_s, w.meta["ref_ops"], f"measured on the Rosenbrock n={n} sweep")
+                del p
             except Exception as e:  # noqa: BLE001
                 row.update(status="failed", reason=f"{type(e).__name__}: {str(e)[:150]}")
             rows.append(row)
@@ -259,6 +314,8 @@ def first_call_sweep(quick):
         )
     if jax_slope is not None:
         A.JaxScalar.seconds_per_op = jax_slope
+        A.JaxScalar.slope_source = "measured on the Rosenbrock sweep"
+    A.CasadiJit.cap_s = main_cap
     return rows
 
 
@@ -275,27 +332,33 @@ def seed_latency():
 
         M = A.jitad_namespace()
         F = jitad.trace(lambda v: W.seed(v, M), w.x0, compile=False)
-        out["jitad F.grad"] = timeit_loop(lambda: F.grad(x))
-        out["jitad F.value_and_grad"] = timeit_loop(lambda: F.value_and_grad(x))
-        out["jitad F(x)"] = timeit_loop(lambda: F(x))
+        out["jitad F.grad, interpreter"] = timeit_loop(lambda: F.grad(x))
+        out["jitad F.value_and_grad, interpreter"] = timeit_loop(lambda: F.value_and_grad(x))
+        out["jitad F(x), interpreter"] = timeit_loop(lambda: F(x))
+        C = jitad.trace(lambda v: W.seed(v, M), w.x0).compile()
+        out["jitad F.grad, compiled tier"] = timeit_loop(lambda: C.grad(x))
+        out["jitad F.value_and_grad, compiled tier"] = timeit_loop(lambda: C.value_and_grad(x))
+        out["jitad F(x), compiled tier"] = timeit_loop(lambda: C(x))
     except (ImportError, AttributeError) as e:
         out["jitad"] = str(e)
-    try:
-        ca = A._casadi()
-        p = A.CasadiSX().prepare(w)
+    for adapter, name in ((A.CasadiSX(), "casadi"), (A.CasadiJit(), "casadi jit")):
+        try:
+            adapter.check()
+            p = adapter.prepare(w)
+        except (A.Unavailable, RuntimeError) as e:
+            out[name] = str(e)
+            continue
         xin, fout, gout, trigger, _ = p.buffer
 
-        def casadi_buffer():
+        def casadi_buffer(xin=xin, trigger=trigger, gout=gout):
             xin[:] = x
             trigger()
             return gout.copy()
 
-        out["casadi buffer() (copy in, trigger, copy out)"] = timeit_loop(casadi_buffer)
-        out["casadi buffer() trigger only"] = timeit_loop(trigger)
-        out["casadi F(x) (DM call)"] = timeit_loop(lambda: p.F(x))
-        del ca
-    except A.Unavailable as e:
-        out["casadi"] = str(e)
+        out[f"{name} buffer() (copy in, trigger, copy out)"] = timeit_loop(casadi_buffer)
+        out[f"{name} buffer() trigger only"] = timeit_loop(trigger)
+        if name == "casadi":
+            out["casadi F(x) (DM call)"] = timeit_loop(lambda: p.F(x))
     try:
         p = A.JaxScalar().prepare(w)
         out["jax jit(value_and_grad) call"] = timeit_loop(lambda: p.grad(x))
@@ -307,97 +370,160 @@ def seed_latency():
 # --- section 6: batches ------------------------------------------------------------------------
 
 
-@numba.njit(cache=False)
-def _numba_rows(X, out):
-    for k in range(X.shape[0]):
-        _, g = W.rosenbrock_hand(X[k])
-        out[k] = g
+def _hand_loops(hand):
+    """Two @njit loops calling the hand-written gradient for each row: serial and prange."""
+
+    @numba.njit(cache=False)
+    def serial(X, out, *data):
+        for k in range(X.shape[0]):
+            _, g = hand(X[k], *data)
+            out[k] = g
+
+    @numba.njit(cache=False, parallel=True)
+    def parallel(X, out, *data):
+        for k in numba.prange(X.shape[0]):
+            _, g = hand(X[k], *data)
+            out[k] = g
+
+    return serial, parallel
 
 
-@numba.njit(cache=False, parallel=True)
-def _numba_rows_parallel(X, out):
-    for k in numba.prange(X.shape[0]):
-        _, g = W.rosenbrock_hand(X[k])
-        out[k] = g
-
-
-def batches(quick):
-    n = 1000
-    w = W.make_rosenbrock(n)
-    Ks = [1, 8, 64, 512] if quick else [1, 8, 64, 512, 2048]
-    rng = np.random.default_rng(5)
-    res = dict(n=n, rows=[], blocks=[], notes=[])
-
-    def measure(fn, X, repeat):
+def _timed(fn, X, repeat, budget_s=1.0):
+    """Median seconds of fn(X) after one untimed call: ``repeat`` calls, or fewer (at least
+    3) once they have taken ``budget_s``."""
+    fn(X)
+    ts = []
+    start = time.perf_counter()
+    while len(ts) < repeat and (len(ts) < 3 or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
         fn(X)
-        ts = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            fn(X)
-            ts.append(time.perf_counter() - t)
-        return float(np.median(ts))
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
 
-    F = None
+
+def _one_thread(fn):
+    def run(X):
+        saved = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            return fn(X)
+        finally:
+            numba.set_num_threads(saved)
+
+    return run
+
+
+def batch_workloads(quick):
+    """(workload, batch sizes K) of section 6."""
+    if quick:
+        return [
+            (W.make_rosenbrock(1000, "rosen1k"), [1, 8, 64, 512]),
+            (W.make_mlp(100), [1, 8, 64]),
+            (W.make_gmm(2, 5, 20, "gmm_xs"), [1, 8, 64]),
+        ]
+    return [
+        (W.make_rosenbrock(1000, "rosen1k"), [1, 8, 64, 512, 2048]),
+        (W.make_mlp(100), [1, 8, 64, 512]),
+        (W.make_gmm(10, 25, 100, "gmm_l"), [1, 8, 64]),
+    ]
+
+
+def batch_one(w, Ks, quick):
+    """Section 6 for one workload: one row (dict) per batch size K."""
+    rng_seed = 5
+    res = dict(name=w.name, label=w.label, n=w.n, rows=[], notes=[])
+    repeat = 3 if quick else 7
+    serial, parallel = _hand_loops(w.hand)
+    data = w.hand_data
+    C = F = None
     try:
         import jitad
 
         M = A.jitad_namespace()
-        F = jitad.trace(lambda x: W.rosenbrock(x, M), w.x0, compile=False)
+        F = jitad.trace(lambda x: w.f(x, M), w.x0, compile=False)
+        res["ops"] = len(F.tape)
         if not hasattr(F, "grad_batch"):
             res["notes"].append("jitad grad_batch not available yet")
             F = None
+        elif hasattr(F, "compile"):
+            t = time.perf_counter()
+            C = jitad.trace(lambda x: w.f(x, M), w.x0).compile()
+            res["compile_s"] = time.perf_counter() - t  # trace + compile (or load: cached by the main table)
+            state = A.compiled_state(C)
+            if state is not None and state[0] < state[1]:
+                res["notes"].append("the compiled tier left a branch on the interpreter")
     except (ImportError, AttributeError) as e:
         res["notes"].append(f"jitad: {e}")
     jax_fn = None
-    try:
-        jax, jnp = A._jax()
-        jax_grad = jax.grad(lambda x: W.rosenbrock_vec(x, jnp))
-        jax_fn = jax.jit(jax.vmap(jax_grad))
-    except A.Unavailable as e:
-        res["notes"].append(f"jax: {e}")
-    repeat = 3 if quick else 7
+    if w.vec is not None:
+        try:
+            jax, jnp = A._jax()
+            vdata = tuple(jnp.asarray(d) if isinstance(d, np.ndarray) else d for d in w.vec_data)
+            jax_fn = jax.jit(jax.vmap(jax.grad(lambda x: w.vec(x, jnp, *vdata))))
+        except A.Unavailable as e:
+            res["notes"].append(f"jax: {e}")
     for K in Ks:
-        X = w.x0[None, :] + 0.1 * rng.uniform(-1, 1, size=(K, n))
-        G = np.empty((K, n))
-        ref = np.array([W.rosenbrock_hand(X[k])[1] for k in range(K)])
+        X = w.points(K, seed=rng_seed + K)
+        G = np.empty((K, w.n))
+        ref = np.array([w.hand(X[k], *data)[1] for k in range(K)])
         row = dict(K=K)
-        row["numba loop"] = measure(lambda X: _numba_rows(X, G), X, repeat)
-        row["numba prange"] = measure(lambda X: _numba_rows_parallel(X, G), X, repeat)
+        row["numba loop"] = _timed(lambda X: serial(X, G, *data), X, repeat)
+        row["numba prange"] = _timed(lambda X: parallel(X, G, *data), X, repeat)
+        if C is not None:
+            row["compiled grad_batch"] = _timed(C.grad_batch, X, repeat)
+            row["compiled grad_batch, 1 thread"] = _timed(_one_thread(C.grad_batch), X, repeat)
+            row["compiled err"] = rel_error(C.grad_batch(X), ref)
         if F is not None:
-            row["jitad grad_batch"] = measure(F.grad_batch, X, repeat)
-            saved = numba.get_num_threads()
-            numba.set_num_threads(1)
-            row["jitad grad_batch, 1 thread"] = measure(F.grad_batch, X, repeat)
-            numba.set_num_threads(saved)
-            row["jitad err"] = rel_error(F.grad_batch(X), ref)
-            t = time.perf_counter()
-            for k in range(K):
-                F.grad(X[k])
-            row["jitad F.grad loop"] = (time.perf_counter() - t) if K <= 512 else None
+            row["interpreter grad_batch"] = _timed(F.grad_batch, X, repeat)
+            row["interpreter grad_batch, 1 thread"] = _timed(_one_thread(F.grad_batch), X, repeat)
+            row["interpreter err"] = rel_error(F.grad_batch(X), ref)
+        if C is not None:
+            row["compiled F.grad loop"] = _timed(lambda X: [C.grad(x) for x in X], X, repeat) if K <= 512 else None
         if jax_fn is not None:
             t = time.perf_counter()
             compiled = jax_fn.lower(jnp.asarray(X)).compile()
             row["jax compile"] = time.perf_counter() - t
-            row["jax jit(vmap(grad))"] = measure(lambda X: np.asarray(compiled(X)), X, repeat)
+            row["jax jit(vmap(grad))"] = _timed(lambda X: np.asarray(compiled(X)), X, repeat)
             row["jax err"] = rel_error(np.asarray(compiled(X)), ref)
         res["rows"].append(row)
-        log(f"  batch K={K}: " + ", ".join(f"{k} {fmt_t(v)}" for k, v in row.items() if k != "K" and "err" not in k))
+        log(
+            f"  batch {w.name} K={K}: "
+            + ", ".join(f"{k} {fmt_t(v)}" for k, v in row.items() if k != "K" and "err" not in k)
+        )
+    res["F"] = F
+    return res
+
+
+def batches(quick):
+    res = dict(workloads=[], blocks=[], notes=[])
+    for w, Ks in batch_workloads(quick):
+        res["workloads"].append(batch_one(w, Ks, quick))
+    # The interpreter's block size (points decoded together), Rosenbrock n=1000, K=512; the
+    # compiled tier's lanes always take 8 points side by side.
+    first = res["workloads"][0]
+    F = first.pop("F", None)
+    for wl in res["workloads"]:
+        wl.pop("F", None)
     if F is not None:
         K = 512
-        X = w.x0[None, :] + 0.1 * rng.uniform(-1, 1, size=(K, n))
+        X = W.make_rosenbrock(1000).points(K, seed=11)
+        repeat = 3 if quick else 7
         threads = sorted({1, numba.config.NUMBA_NUM_THREADS})
         blocks = [1, 4, 16, 64] if quick else [1, 2, 4, 8, 16, 32, 64, 128]
         saved = numba.get_num_threads()
-        for th in threads:
-            numba.set_num_threads(th)
-            for b in blocks + [None]:
-                try:
-                    t = measure(lambda X: F.grad_batch(X, block=b), X, repeat)
-                except TypeError:
-                    res["notes"].append("grad_batch has no block argument")
-                    break
-                res["blocks"].append(dict(threads=th, block=b, seconds=t))
-        numba.set_num_threads(saved)
+        try:
+            for th in threads:
+                numba.set_num_threads(th)
+                for b in blocks + [None]:
+                    try:
+                        t = _timed(lambda X: F.grad_batch(X, block=b), X, repeat)
+                    except TypeError:
+                        res["notes"].append("grad_batch has no block argument")
+                        break
+                    res["blocks"].append(dict(threads=th, block=b, seconds=t))
+        finally:
+            numba.set_num_threads(saved)
+        res["blocks_workload"] = first["label"]
     return res
 
 
@@ -412,7 +538,8 @@ def second_order(quick):
         out["notes"].append("jitad not installed")
         return out
     M = A.jitad_namespace()
-    ws = [W.make_rosenbrock(1000, "rosen1k")] + ([] if quick else [W.make_mlp(100)])
+    ws = [W.make_rosenbrock(1000, "rosen1k")]
+    ws += [W.make_gmm(2, 5, 20, "gmm_xs")] if quick else [W.make_mlp(100), W.make_gmm(10, 25, 100, "gmm_l")]
     for w in ws:
         F = jitad.trace(lambda x, f=w.f: f(x, M), w.x0, compile=False)
         if not hasattr(F, "hvp"):
@@ -420,16 +547,21 @@ def second_order(quick):
             break
         x = w.points(1, seed=3)[0]
         v = np.random.default_rng(4).normal(size=w.n)
-        tg = timeit_loop(lambda: F.grad(x), min_time=0.2, repeat=5)[0]
-        th = timeit_loop(lambda: F.hvp(x, v), min_time=0.2, repeat=5)[0]
         # check H v against central differences of the hand-written gradient
         eps = 1e-6
         fd = (w.hand(x + eps * v, *w.hand_data)[1] - w.hand(x - eps * v, *w.hand_data)[1]) / (2 * eps)
-        out["rows"].append(
-            dict(
-                workload=w.label, ops=len(F.tape), grad_s=tg, hvp_s=th, ratio=th / tg, fd_err=rel_error(F.hvp(x, v), fd)
-            )
-        )
+        row = dict(workload=w.label, ops=len(F.tape))
+        tiers = [("", F)]
+        if hasattr(F, "compile"):
+            tiers.append(("compiled_", jitad.trace(lambda x, f=w.f: f(x, M), w.x0).compile()))
+        for prefix, G in tiers:
+            tg = timeit_loop(lambda: G.grad(x), min_time=0.2, repeat=5)[0]
+            th = timeit_loop(lambda: G.hvp(x, v), min_time=0.2, repeat=5)[0]
+            row.update({f"{prefix}grad_s": tg, f"{prefix}hvp_s": th, f"{prefix}ratio": th / tg})
+            row[f"{prefix}fd_err"] = rel_error(G.hvp(x, v), fd)
+        if len(tiers) == 2:
+            row["same_bits"] = bool(np.array_equal(tiers[0][1].hvp(x, v), tiers[1][1].hvp(x, v)))
+        out["rows"].append(row)
     n = 100
     w = W.make_rosenbrock(n)
     x = w.points(1, seed=5)[0]
@@ -437,9 +569,18 @@ def second_order(quick):
     F = jitad.trace(lambda x: W.rosenbrock(x, M), w.x0, compile=False)
     if hasattr(F, "hessian"):
         t = timeit_loop(lambda: F.hessian(x), min_time=0.2, repeat=3)[0]
-        out["hessian"].append(dict(system="jitad F.hessian", seconds=t, err=rel_error(F.hessian(x), H_ref)))
+        out["hessian"].append(
+            dict(system="jitad F.hessian, interpreter", seconds=t, err=rel_error(F.hessian(x), H_ref))
+        )
         tg = timeit_loop(lambda: F.grad(x), min_time=0.1, repeat=3)[0]
         out["hessian_grad_s"] = tg
+        if hasattr(F, "compile"):
+            C = jitad.trace(lambda x: W.rosenbrock(x, M), w.x0).compile()
+            t = timeit_loop(lambda: C.hessian(x), min_time=0.2, repeat=3)[0]
+            out["hessian"].append(
+                dict(system="jitad F.hessian, compiled tier", seconds=t, err=rel_error(C.hessian(x), H_ref))
+            )
+            out["hessian_compiled_grad_s"] = timeit_loop(lambda: C.grad(x), min_time=0.1, repeat=3)[0]
     try:
         jax, jnp = A._jax()
         t0 = time.perf_counter()
@@ -590,7 +731,7 @@ def memory_probes(quick):
     out["notes"].append(
         f"micrograd and PyTorch are measured at n={small}: recording and differentiating n={n} took 85 s "
         "(micrograd) and 135 s (PyTorch) per process in a trial run while the suite was being written (with a "
-        "second benchmark process sharing the 2 cores), too long for a 10-minute suite; bytes per op hardly depend on n (compare jitad's two rows)."
+        "second benchmark process sharing the 2 cores), too long for this suite; bytes per op hardly depend on n (compare jitad's two rows)."
     )
     out["notes"].append("PyTorch allocates tensors in C++, invisible to tracemalloc: only its RSS columns are shown.")
     return out
@@ -635,51 +776,82 @@ def plots(rows, sweep, batch, out=HERE):
     files = []
     markers = "osD^v<>ph*XP"
     colors = plt.get_cmap("tab20").colors
-    fig, ax = plt.subplots(figsize=(9, 6))
+    styles = {}
     for k, key in enumerate(a.key for a in A.ADAPTERS):
-        pts = sorted(
-            (r["ref_ops"], r["median_s"]) for r in rows if r["system"] == key and r["status"] == "ok" and r["ref_ops"]
+        styles[key] = dict(
+            marker=markers[k % len(markers)], color=colors[(2 * k) % 20 if k < 10 else (2 * k + 1) % 20]
         )
-        if pts:
-            style = dict(marker=markers[k % len(markers)], color=colors[(2 * k) % 20 if k < 10 else (2 * k + 1) % 20])
-            ax.loglog(*zip(*pts), label=key, linewidth=1, alpha=0.85, **style)
-    ax.set_xlabel("ops in the workload (jitad tape entries)")
-    ax.set_ylabel("median seconds per gradient at a new point")
-    ax.set_title("Time per gradient vs graph size (all workloads)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "time_vs_ops.png", dpi=110)
-    plt.close(fig)
-    files.append("time_vs_ops.png")
+
+    def per_system(value, name, ylabel, title):
+        fig, ax = plt.subplots(figsize=(12.5, 6))
+        drawn = False
+        for a in A.ADAPTERS:
+            pts = sorted(
+                (r["ref_ops"], value(r))
+                for r in rows
+                if r["system"] == a.key and r["status"] == "ok" and r["ref_ops"]
+            )
+            if pts:
+                drawn = True
+                width = 2.2 if a.key.startswith("jitad") else 1
+                ax.loglog(*zip(*pts), label=a.label, linewidth=width, alpha=0.85, **styles[a.key])
+        if not drawn:
+            plt.close(fig)
+            return
+        ax.set_xlabel("tape size: jitad tape entries of the workload (one point per main-table workload)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+
+    per_system(
+        lambda r: r["median_s"],
+        "time_vs_ops.png",
+        "median seconds per gradient at a new point",
+        "Time per gradient vs graph size (all workloads)",
+    )
+    per_system(
+        lambda r: r["median_s"] / r["ref_ops"] * 1e9,
+        "ns_per_entry.png",
+        "ns per tape entry (median gradient time / jitad tape entries)",
+        "Cost per tape entry vs tape size, one line per system (main table)",
+    )
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for key in sorted({r["system"] for r in sweep}):
         pts = sorted((r["ops"], r["first_s"]) for r in sweep if r["system"] == key and r.get("first_s"))
         if pts:
             ax.loglog(*zip(*pts), marker="o", label=key)
-    ax.set_xlabel("ops (Rosenbrock, jitad tape entries)")
-    ax.set_ylabel("seconds to the first gradient (trace/compile included)")
-    ax.set_title("First-call latency vs size (Rosenbrock n = 10 … 10^4)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "first_call.png", dpi=110)
-    plt.close(fig)
-    files.append("first_call.png")
-
-    if batch.get("rows"):
-        fig, ax = plt.subplots(figsize=(8, 5.5))
-        keys = [k for k in batch["rows"][0] if k not in ("K", "jax compile") and "err" not in k]
-        for key in keys:
-            pts = [(r["K"], r["K"] / r[key]) for r in batch["rows"] if r.get(key)]
-            if pts:
-                ax.loglog(*zip(*pts), marker="o", label=key)
-        ax.set_xlabel("batch size K (points)")
-        ax.set_ylabel("gradients per second")
-        ax.set_title(f"Batched gradients, Rosenbrock n={batch['n']}")
+    if sweep:
+        ax.set_xlabel("ops (Rosenbrock, jitad tape entries)")
+        ax.set_ylabel("seconds to the first gradient (trace/compile included)")
+        ax.set_title("First-call latency vs size (Rosenbrock n = 10 … 10^4)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "first_call.png", dpi=110)
+        files.append("first_call.png")
+    plt.close(fig)
+
+    wls = [wl for wl in (batch or {}).get("workloads", []) if wl.get("rows")]
+    if wls:
+        fig, axes = plt.subplots(1, len(wls), figsize=(5.5 * len(wls), 5), squeeze=False)
+        for ax, wl in zip(axes[0], wls):
+            keys = [k for k in wl["rows"][0] if k not in ("K", "jax compile") and "err" not in k]
+            for key in keys:
+                pts = [(r["K"], r["K"] / r[key]) for r in wl["rows"] if r.get(key)]
+                if pts:
+                    ax.loglog(*zip(*pts), marker="o", label=key)
+            ax.set_xlabel("batch size K (points)")
+            ax.set_ylabel("gradients per second")
+            ax.set_title(wl["label"], fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle("Batched gradients")
         fig.tight_layout()
         fig.savefig(out / "batch_throughput.png", dpi=110)
         plt.close(fig)
@@ -724,6 +896,9 @@ def main(argv=None):
     skip = set(filter(None, args.skip.split(",")))
     if args.quick:
         A.JaxScalar.cap_s = 10.0
+        A.CasadiJit.cap_s = 3.0  # the small workloads only (Rosenbrock n=1000 compiles in ~15 s)
+    if "_CACHE" in globals():
+        A.JitadCompiled.purge_root = _CACHE  # every compile in the sweep and the main table is cold
     t_start = time.perf_counter()
     info = machine()
     log(f"jitad benchmarks on {info['cpu']} ({info['nproc']} CPUs), {info['date']}")
@@ -731,6 +906,10 @@ def main(argv=None):
     log("== warm-up")
     results["warmup"] = warm_up()
     log(f"  {results['warmup']}")
+    results["compiled_cache"] = compiled_cache()
+    results["casadi_jit"] = dict(flags=list(A.CasadiJit.flags), cap_s=A.CasadiJit.cap_s)
+    results["jax_scalar_cap_s"] = A.JaxScalar.cap_s
+    log(f"  compiled tier's cache: {results['compiled_cache']}")
     if "sweep" not in skip:
         log("== first call vs size (Rosenbrock)")
         results["sweep"] = first_call_sweep(args.quick)
