@@ -600,6 +600,14 @@ def logaddexp(x, y):
     return v, wx, wy, h, -h, h
 
 
+@_op("fmod", 2)
+def fmod(x, y):
+    # C's fmod (np.fmod, torch.fmod): the sign of x. d/dx = 1 and d/dy = -trunc(x / y)
+    # almost everywhere; (x - r) / y is that integer up to one rounding, so it is rounded.
+    r = math.fmod(x, y)
+    return r, 1.0, -_floor((x - r) / y + 0.5), 0.0, 0.0, 0.0
+
+
 # Functions that formulas call: re-bound with the formulas wherever they are compiled.
 HELPERS = ("_floor", "_floor_divide")
 

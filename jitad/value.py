@@ -442,11 +442,20 @@ class Value:
         if method != "__call__" or fn is None or kwargs:
             return NotImplemented
         if any(isinstance(v, np.ndarray) and v.ndim > 0 for v in inputs):
-            # Elementwise over arrays: NumPy's object loop calls Value's operators.
-            boxed = [np.asarray(v, dtype=object) if isinstance(v, Value) else v for v in inputs]
-            return ufunc(*(np.asarray(v).astype(object) for v in boxed))
+            # Elementwise over arrays, broadcast: jitad's function on each element (NumPy
+            # has no object loop for some ufuncs, e.g. logaddexp, and its object loops call
+            # methods that floats lack, e.g. np.sin on [Value, 2.0]).
+            boxed = [_box(v) if isinstance(v, Value) else v for v in inputs]  # no call back here
+            return np.frompyfunc(fn, len(inputs), 1)(*boxed)
         # NumPy scalars become Python floats, or np.float64(2) * v would come back here.
         return fn(*(v.item() if isinstance(v, (np.ndarray, np.generic)) else v for v in inputs))
+
+
+def _box(v):
+    """A 0-d object array holding v."""
+    out = np.empty((), dtype=object)
+    out[()] = v
+    return out
 
 
 def _comparison(code: int, swap: bool) -> Callable[[Value, Any], bool]:
@@ -810,6 +819,7 @@ trunc: UnaryFunction = _function(_C["trunc"], "x rounded toward zero, as a float
 rint: UnaryFunction = _function(_C["rint"], "x rounded to the nearest integer, half to even; recorded, zero derivative")
 mod: BinaryFunction = _function(_C["mod"], "x % y with the sign of y (Python's %, np.mod); d/dx = 1, d/dy = -(x // y)")
 floor_divide: BinaryFunction = _function(_C["floordiv"], "x // y (Python's //); recorded, zero derivative")
+fmod: BinaryFunction = _function(_C["fmod"], "C's fmod(x, y) with the sign of x (np.fmod); d/dx = 1, d/dy = -trunc(x / y)")
 stop_gradient = _function(
     _C["stop_gradient"], "x with zero derivative; recorded, so a replay recomputes its value at new inputs"
 )
@@ -899,6 +909,7 @@ _UFUNCS: dict[str, Callable[..., Any]] = {
     "trunc": trunc,
     "rint": rint,
     "remainder": mod,
+    "fmod": fmod,
     "floor_divide": floor_divide,
 }
 
@@ -988,6 +999,7 @@ Value.conjugate = lambda self: self
 Value.sign = sign  # type: ignore[assignment]
 Value.erf = erf  # type: ignore[assignment]
 Value.erfc = erfc  # type: ignore[assignment]
+Value.fmod = fmod  # type: ignore[attr-defined]  # NumPy's object loop of np.fmod calls it
 
 _UFUNCS.update(
     {

@@ -138,6 +138,11 @@ class Ref:
         self._near_jump((q - round(q)) * y)
         return x // y
 
+    def fmod(self, x, y):
+        q = x / y
+        self._near_jump((q - round(q)) * y)
+        return math.fmod(x, y)
+
     def sign(self, x):
         self._near_jump(x)
         return math.copysign(1.0, x) if x != 0.0 else 0.0
@@ -225,6 +230,7 @@ SPECS = {
     "rint": Spec(1, lambda M, s, u, v, c: M.rint(3.0 * u) - u, ("rint",), kink=True),
     "sign": Spec(1, lambda M, s, u, v, c: M.sign(u) * s(M, u), ("sign",), kink=True),
     "mod": Spec(2, lambda M, s, u, v, c: M.mod(u, 1.5 + s(M, v)), ("mod",), kink=True),
+    "fmod": Spec(2, lambda M, s, u, v, c: M.fmod(u, 1.5 + s(M, v)) * v, ("fmod",), kink=True),
     "floor_divide": Spec(
         2, lambda M, s, u, v, c: M.floor_divide(u, 1.5 + s(M, v)) + v, ("floordiv",), const_ok=(True, False), kink=True
     ),

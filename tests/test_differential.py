@@ -363,6 +363,9 @@ class TorchOps:
     def floor_divide(self, x, y):
         return self.t.div(self._tensor(x), self._tensor(y), rounding_mode="floor")
 
+    def fmod(self, x, y):
+        return self.t.fmod(self._tensor(x), self._tensor(y))
+
     def stop_gradient(self, x):
         return self._tensor(x).detach()
 

@@ -143,6 +143,10 @@ ROWS = {
     "mod": Row(
         lambda x, y: (np.mod(x, y), 1.0, -np.floor_divide(x, y)), ANY, AWAY_FROM_0, _off_multiples, points=((3.0, 1.5),)
     ),
+    "fmod": Row(
+        lambda x, y: (np.fmod(x, y), 1.0, -np.trunc(x / y)), ANY, AWAY_FROM_0, _off_multiples,
+        points=((3.0, 1.5), (-3.5, 2.0), (7.25, -2.0)),
+    ),
     "floordiv": Row(
         lambda x, y: (np.floor_divide(x, y), 0.0, 0.0), ANY, AWAY_FROM_0, _off_multiples, points=((3.0, 1.5),)
     ),
@@ -333,6 +337,7 @@ RECORD = {
     "stop_gradient": lambda x, y: jitad.stop_gradient(x),
     "mod": lambda x, y: x % y,
     "floordiv": lambda x, y: x // y,
+    "fmod": jitad.fmod,
 }
 
 

@@ -158,6 +158,16 @@ EXPRESSIONS = {
             + jitad.stop_gradient(a) - jitad.stop_gradient(a)  # recorded; cancels in the references
         )
     ),
+    "fmod": (
+        lambda a, b: np.fmod(a, b) * b + jitad.fmod(-3.0 * a, b) + np.fmod(np.array([a, b]), 0.7)[0],
+        lambda a, b: math.fmod(a, b) * b + math.fmod(-3.0 * a, b) + math.fmod(a, 0.7),
+    ),
+    # a Value beside arrays: jitad's function per element, broadcast (NumPy has no object
+    # loop for logaddexp)
+    "numpy ufuncs over arrays": _same(
+        lambda a, b: np.sum(np.logaddexp(a, np.array([0.5, -1.0])) * np.fmod(np.array([2.5, -3.5]), b))
+        + np.sum(np.sin(np.array([1.0, 2.0]) * a) * np.maximum(np.array([[0.1], [2.0]]), b))
+    ),
     "special functions": (
         lambda a, b: (
             jitad.erf(a) * jitad.erfc(b) + jitad.lgamma(b) + jitad.sign(a - 2.0) * b
