@@ -643,12 +643,44 @@ def _array(name, values):
     return f"{name} = private unnamed_addr constant [{len(values)} x i64] {body}"
 
 
+def _driver(name, calls, nin, npar, out=None, reverses=0, fused=False):
+    """IR of ``jitad_<name>``: the inputs and parameters copied in, the chunk functions
+    ``calls`` run in order (returning the first failed guard), then, with ``out``, the
+    reverse of the ``reverses`` first chunks and the gradient copied out."""
+    fn = _Function(f"define internal i64 @{name}({_ARGS}, ptr noalias %x, ptr noalias %p, ptr noalias %grad) {{")
+    _copy(fn, "@inputs", nin, "x", "val")
+    _copy(fn, "@params", npar, "p", "val")
+    for call in calls:
+        failed = fn.op(f"call i64 @{call}({_PASS})")
+        bad, ok = fn.new("bad"), fn.new("ok")
+        fn.emit(f"br i1 {fn.op(f'icmp sge i64 {failed}, 0')}, label {bad}, label {ok}")
+        fn.label(bad)
+        fn.emit(f"ret i64 {failed}")
+        fn.label(ok)
+    if out is not None:
+        # The forward zeroed every adjoint kept in the array; seed the output as
+        # kernels.gradient does (fused: after its forward, before its reverse).
+        if not fused:
+            fn.store("adj", out, "1.0")
+        for k in reversed(range(reverses)):
+            fn.emit(f"call void @reverse{k}({_PASS})")
+        _copy(fn, "@inputs", nin, "adj", "grad", gather=True, limit=out)
+    fn.emit("ret i64 -1")
+    # Exported: every argument an integer (an address).
+    args = [*_ROWS, "x", "p", "grad"]
+    export = _Function(f"define i64 @jitad_{name}({', '.join(f'i64 %i{a}' for a in args)}) {{")
+    for a in args:
+        export.emit(f"%{a} = inttoptr i64 %i{a} to ptr")
+    export.emit(f"ret i64 {export.op(f'call i64 @{name}({_PASS}, ptr %x, ptr %p, ptr %grad)')}")
+    return [fn.text(), export.text()]
+
+
 def emit(plan, inputs, params, outputs, exponents, second=False):
     """The module's IR text (without the formulas, which ``build`` links in) and the
     opcodes whose formulas it calls: a program's first module (FIRST: the gradient of one
-    point, with the small-tape entry point) or, with ``second``, the one built when first
-    needed (SECOND: the full replay that ``F(x)``, ``jacobian`` and ``hvp`` start from, and
-    the batches' lanes). ``exponents``: {slot: c} of ``x ** c`` entries whose c is a
+    point, its values alone for ``F(x)``, and the small-tape entry point) or, with
+    ``second``, the one built when first needed (SECOND: the full replay, partials included,
+    that ``jacobian`` and ``hvp`` start from, and the batches' lanes). ``exponents``: {slot: c} of ``x ** c`` entries whose c is a
     literal in the code."""
     n = plan.rr.n
     codes = set()
@@ -672,11 +704,12 @@ def emit(plan, inputs, params, outputs, exponents, second=False):
             w.forward(fn, chunk, True)
             fn.emit("ret i64 -1")
             parts.append(fn.text())
-        elif not (fused and k == last):
-            fn = _Function(f"define internal i64 @fast{k}({_ARGS}) {{")
-            w.forward(fn, chunk, False)
-            fn.emit("ret i64 -1")
-            parts.append(fn.text())
+            continue
+        fn = _Function(f"define internal i64 @fast{k}({_ARGS}) {{")
+        w.forward(fn, chunk, False)
+        fn.emit("ret i64 -1")
+        parts.append(fn.text())
+        if not (fused and k == last):
             fn = _Function(f"define internal void @reverse{k}({_ARGS}) {{")
             w.reverse(fn, chunk)
             fn.emit("ret void")
@@ -688,35 +721,15 @@ def emit(plan, inputs, params, outputs, exponents, second=False):
         w.reverse(fn, plan.chunks[last], evaluated=True)
         fn.emit("ret i64 -1")
         parts.append(fn.text())
-    name = "replay" if second else "value_and_grad"
-    fn = _Function(f"define internal i64 @{name}({_ARGS}, ptr noalias %x, ptr noalias %p, ptr noalias %grad) {{")
-    _copy(fn, "@inputs", nin, "x", "val")
-    _copy(fn, "@params", npar, "p", "val")
-    for k in range(len(plan.chunks)):
-        call = "forward" if second else "fused" if fused and k == last else "fast"
-        failed = fn.op(f"call i64 @{call}{k}({_PASS})")
-        bad, ok = fn.new("bad"), fn.new("ok")
-        fn.emit(f"br i1 {fn.op(f'icmp sge i64 {failed}, 0')}, label {bad}, label {ok}")
-        fn.label(bad)
-        fn.emit(f"ret i64 {failed}")
-        fn.label(ok)
-    if not second:
-        # The forward zeroed every adjoint kept in the array; seed the output as
-        # kernels.gradient does (fused: after its forward, before its reverse).
-        if not fused:
-            fn.store("adj", out, "1.0")
-        for k in reversed(range(len(plan.chunks) - fused)):
-            fn.emit(f"call void @reverse{k}({_PASS})")
-        _copy(fn, "@inputs", nin, "adj", "grad", gather=True, limit=out)
-    fn.emit("ret i64 -1")
-    parts.append(fn.text())
-    # Exported: every argument an integer (an address).
-    args = [*_ROWS, "x", "p", "grad"]
-    fn = _Function(f"define i64 @jitad_{name}({', '.join(f'i64 %i{a}' for a in args)}) {{")
-    for a in args:
-        fn.emit(f"%{a} = inttoptr i64 %i{a} to ptr")
-    fn.emit(f"ret i64 {fn.op(f'call i64 @{name}({_PASS}, ptr %x, ptr %p, ptr %grad)')}")
-    parts.append(fn.text())
+    chunks = range(len(plan.chunks))
+    if second:
+        parts += _driver("replay", [f"forward{k}" for k in chunks], nin, npar)
+    else:
+        # value: the outputs' values alone (the fast forward stores every value read
+        # elsewhere, outputs included), for F(x); value_and_grad: and the gradient.
+        parts += _driver("value", [f"fast{k}" for k in chunks], nin, npar)
+        calls = [f"fused{k}" if fused and k == last else f"fast{k}" for k in chunks]
+        parts += _driver("value_and_grad", calls, nin, npar, out, len(plan.chunks) - fused, fused)
     if second:
         parts += _lanes_functions(_LanesWriter(plan, names, exponents), inputs, params, outputs)
         return "\n".join(parts), sorted(codes)
@@ -751,7 +764,7 @@ def emit(plan, inputs, params, outputs, exponents, second=False):
 
 # --- machine code --------------------------------------------------------------------------
 
-FIRST = ("jitad_value_and_grad", "jitad_entry")
+FIRST = ("jitad_value_and_grad", "jitad_value", "jitad_entry")
 SECOND = ("jitad_replay", "jitad_lanes")
 OPT_LEVEL = 3
 VECTORIZE = True
@@ -889,9 +902,9 @@ def call_entry_params(fn, work, x, p, grad):
 
 
 @_config.kernel
-def call_batch(replay, value_and_grad, outputs, work, X, P, want_grad, values, grads, failed):
-    """One replay (or replay and sweep) per row of X, in one call; P holds one row of
-    parameters shared by all points or one per point."""
+def call_batch(value, value_and_grad, outputs, work, X, P, want_grad, values, grads, failed):
+    """The values (or values and gradient) at each row of X, in one call; P holds one row
+    of parameters shared by all points or one per point."""
     val, da, db, adj, c = work[0], work[1], work[2], work[3], work[4]
     rows = (val.ctypes.data, da.ctypes.data, db.ctypes.data, adj.ctypes.data, c.ctypes.data)
     for k in range(X.shape[0]):
@@ -899,7 +912,7 @@ def call_batch(replay, value_and_grad, outputs, work, X, P, want_grad, values, g
         if want_grad:
             f = _call_int(value_and_grad, (*rows, X[k].ctypes.data, p.ctypes.data, grads[k].ctypes.data))
         else:
-            f = _call_int(replay, (*rows, X[k].ctypes.data, p.ctypes.data, 0))
+            f = _call_int(value, (*rows, X[k].ctypes.data, p.ctypes.data, 0))
         failed[k] = f
         if f < 0:
             for j in range(outputs.shape[0]):

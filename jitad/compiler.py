@@ -510,8 +510,8 @@ def _exponents(plan, op, const):
 
 class Compiled:
     """The compiled code of one program structure: its first module (the gradient of one
-    point) at once, its second (the full replay and the batches' lanes) in the background
-    when first asked for."""
+    point, and its values alone) at once, its second (the full replay and the batches'
+    lanes) in the background when first asked for."""
 
     def __init__(self, key, machine, summary, cache_path, outputs):
         self.key = key
@@ -539,6 +539,12 @@ class Compiled:
         x, p = np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(p, dtype=np.float64)
         return codegen.call_replay(second.replay, w.val, w.da, w.db, w.adj, program.const, x, p)
 
+    def value(self, program, w, x, p):
+        """Like ``replay``, for the values alone: w.val holds the outputs' values (and the
+        values read across chunks), not every entry's, and no partials."""
+        x, p = np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(p, dtype=np.float64)
+        return codegen.call_replay(self.machine.value, w.val, w.da, w.db, w.adj, program.const, x, p)
+
     def value_and_grad(self, program, w, x, p, grad):
         """Like kernels.replay_value_and_grad for the program's first output."""
         x, p = np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(p, dtype=np.float64)
@@ -553,11 +559,12 @@ class Compiled:
         """A replay (or replay and sweep) per row of X (K, n): values (K, m), grads (K, n),
         failed (K,): the first failed guard of each point, or -1. P: (1 or K, parameters).
         rows: this thread's work rows of the program (values as recorded, constants).
-        Blocks of LANES points run side by side once the second module is ready
-        (``workers`` threads share them: the caller holds what launching Numba's threads
-        needs), the other points one by one; values alone need the second module (see
-        ``runs_batch``)."""
-        second, K = self._second, X.shape[0]
+        Blocks of LANES points run side by side once the second module is ready (the first
+        batch of LANES points or more starts compiling it; ``workers`` threads share the
+        blocks: the caller holds what launching Numba's threads needs), the other points one
+        by one in the first module's code."""
+        K = X.shape[0]
+        second = self.second(program) if K >= codegen.LANES else self._second
         X, P = np.ascontiguousarray(X, dtype=np.float64), np.ascontiguousarray(P, dtype=np.float64)
         g = grads if grads.flags.c_contiguous else np.empty_like(grads)
         c = rows[4]
@@ -573,17 +580,9 @@ class Compiled:
             Pr = P if P.shape[0] == 1 else P[rest]
             gr = g[rest] if want_grad else g
             args = (self.outputs, rows, X[rest], Pr, want_grad, values[rest], gr, failed[rest])
-            codegen.call_batch(0 if second is None else second.replay, self.machine.value_and_grad, *args)
+            codegen.call_batch(self.machine.value, self.machine.value_and_grad, *args)
         if g is not grads:
             grads[...] = g
-
-    def runs_batch(self, program, K, want_grad):
-        """Whether ``batch`` can run K points now. Blocks of LANES points and values alone
-        need the second module, which this starts compiling; until it is ready gradients run
-        point by point, values not at all (the caller runs the interpreter)."""
-        if K >= codegen.LANES or not want_grad:
-            return self.second(program) is not None or want_grad
-        return True
 
     def second(self, program, wait=False):
         """The second module's Machine, or None while it compiles (in a background thread

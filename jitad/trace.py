@@ -320,9 +320,11 @@ class TapeFunction:
             w = cache[id(program)] = (program, _Work(program))
         return w[1]
 
-    def _run(self, x, args):
+    def _run(self, x, args, values=False):
         """Replay at (x, args): return (program, work) holding this point's values and
-        partials; try the last branch's program, then the others, re-record when none matches."""
+        partials; try the last branch's program, then the others, re-record when none matches.
+        ``values``: only the outputs' values are needed (compiled code then computes no
+        partials and keeps other values in registers)."""
         x = _as_vector(x, self._n)
         p = _flatten_params(args, self._param_shapes)
         first = self._last
@@ -330,7 +332,12 @@ class TapeFunction:
         for program in itertools.chain((first,), self._other_programs(first)):
             w = self._work(program)
             compiled = self._tier.get(program)
-            failed = None if compiled is None else compiled.replay(program, w, x, p)
+            if compiled is None:
+                failed = None
+            elif values and not debug.enabled():  # debug checks every entry's value
+                failed = compiled.value(program, w, x, p)
+            else:
+                failed = compiled.replay(program, w, x, p)
             if failed is None:  # not compiled (yet)
                 failed = _replay(program, w, x, p)
             if failed < 0:
@@ -404,7 +411,7 @@ class TapeFunction:
 
     # public evaluation -----------------------------------------------------------------
     def __call__(self, x: ArrayLike, *args: ArrayLike) -> Any:
-        program, w = self._run(x, args)
+        program, w = self._run(x, args, values=True)
         out = w.val[program.outputs]
         return float(out[0]) if self._scalar else out
 
@@ -653,8 +660,6 @@ class TapeFunction:
                 # The compiled tier, when ready: blocks of LANES points side by side in
                 # generated code (vectorized; the interpreter's bits).
                 compiled = self._tier.get(program)
-                if compiled is not None and not compiled.runs_batch(program, pending.size, want_grad):
-                    compiled = None  # the code it needs is compiling: the interpreter this time
                 size = _compiler.codegen.LANES if compiled is not None else _block_size(block, len(program), pending.size)
                 workers = _workers(len(program), pending.size, size)
                 scratch, lanes = _batch_scratch(workers, len(program), size) if compiled is None else (None, None)

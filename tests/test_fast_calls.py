@@ -410,7 +410,8 @@ def _compiled_tape(prog, data):
 
 
 def _batch_agrees(program, c, X, workers=1):
-    """c.batch of the points X against the interpreter's batch kernel: the same failed
+    """c.batch of the points X (in lanes, and the first LANES - 1 one by one), values and
+    gradients, and values alone, against the interpreter's batch kernel: the same failed
     guards, and the same bits where none failed. Returns which points ran."""
     K, n, m = X.shape[0], program.inputs.size, program.outputs.size
     P = np.empty((1, 0))
@@ -419,12 +420,16 @@ def _batch_agrees(program, c, X, workers=1):
     scratch = np.empty((1, 4, len(program), 4))
     lanes = np.empty((1, 4), dtype=np.int64)
     kernels.batch_share(*columns, program.outputs, X, P, 0, 1, True, *want, scratch[0], lanes[0])
-    got = np.empty((K, m)), np.empty((K, n)), np.empty(K, dtype=np.int64)
-    c.batch(program, _Work(program).rows, X, P, True, *got, workers)
-    same(got[2], want[2])
     ok = want[2] < 0
-    same(got[0][ok], want[0][ok])
-    same(got[1][ok], want[1][ok])
+    for points in (X, X[: codegen.LANES - 1]):
+        k = points.shape[0]
+        for want_grad in (True, False):
+            got = np.empty((k, m)), np.empty((k, n)) if want_grad else np.empty((0, 0)), np.empty(k, dtype=np.int64)
+            c.batch(program, _Work(program).rows, points, P, want_grad, *got, workers)
+            same(got[2], want[2][:k])
+            same(got[0][ok[:k]], want[0][:k][ok[:k]])
+            if want_grad:
+                same(got[1][ok[:k]], want[1][:k][ok[:k]])
     return ok, want
 
 
@@ -463,3 +468,7 @@ def test_random_programs_at_special_points(prog, data):
         if ok[k]:
             same(w.val[program.outputs[0]], want[0][k, 0])
             same(g, want[1][k])
+        w = _Work(program)  # the values alone (F(x))
+        assert (c.value(program, w, X[k], np.empty(0)) >= 0) == (not ok[k])
+        if ok[k]:
+            same(w.val[program.outputs], want[0][k])
