@@ -492,12 +492,21 @@ def generate(op, a, b, const, outputs, inputs, params, second=False):
     return text, codes, {**rr.summary(), "functions": text.count("\ndefine ")}
 
 
+# Exponents that stay read from the constants at run time: with a literal exponent LLVM
+# rewrites pow(x, 0.5) as sqrt(x), pow(x, -1) as 1 / x and pow(x, 2) as x * x, without
+# fast-math, as these are correctly rounded; libm's pow is not always (glibc: < 0.52 ulp),
+# and the interpreter calls it. powc's formula calls pow(x, c), pow(x, c - 1) and
+# pow(x, c - 2) (c = 0, 1 and 2 return before the calls that would be rewritten).
+_LIBM_EXPONENTS = frozenset({0.5, -1.0, 1.5, 3.0, 2.5, 4.0})
+
+
 def _exponents(plan, op, const):
-    """{slot: exponent} of the ``x ** c`` entries whose c is the same in every repetition."""
+    """{slot: exponent} of the ``x ** c`` entries whose c is the same in every repetition
+    (and not one of ``_LIBM_EXPONENTS``)."""
     out = {}
     powc = ops.CODE["powc"]
     for slot, ((base, terms), counts, _) in enumerate(plan.slots):
-        if op[base] != powc:
+        if op[base] != powc or float(const[base]) in _LIBM_EXPONENTS:
             continue
         idx = np.array([base])
         for loop, coef in terms:
