@@ -45,7 +45,7 @@ SECOND = {
         name: _LINEAR
         for name in (
             "add", "sub", "neg", "relu", "abs", "maximum", "minimum", "where_true", "where_false",
-            "lt", "le", "eq", "ne", "guard", "sign", "floor", "ceil", "trunc", "rint", "mod",
+            "lt", "le", "eq", "ne", "guard", "sign", "floor", "ceil", "trunc", "rint", "mod", "fmod",
             "floordiv", "stop_gradient",
         )  # fmt: skip
     },
