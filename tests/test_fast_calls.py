@@ -18,6 +18,8 @@ import jitad
 from jitad import codegen, compiler, kernels
 from jitad.trace import _NO_PARAMS, _PACKED_SAMPLE, _Work
 
+trace_module = sys.modules["jitad.trace"]  # (jitad.trace is the function)
+
 
 def seed(x):
     # benchmarks/workloads.py's seed graph: 2 inputs, 23 ops
@@ -85,7 +87,7 @@ def tiers():
 
 @pytest.mark.parametrize("tier", ["interpreter", "compiled"])
 @pytest.mark.parametrize("name", ["seed", "weighted", "branchy"])
-def test_bits_equal_the_interpreters_kernel(tiers, name, tier):
+def test_bits_equal_the_interpreters_kernel(tiers, name, tier, monkeypatch):
     f, args, Fs = tiers[name]
     F = Fs[tier]
     for x in RNG.uniform(-2, 2, size=(20, 2)):
@@ -94,6 +96,10 @@ def test_bits_equal_the_interpreters_kernel(tiers, name, tier):
         assert v == rv or (v != v and rv != rv)
         same(g, rg)
         same(F.grad(x, *args), rg)
+        same(F(x, *args), rv)  # small tapes: through the gradient's entry point
+        with monkeypatch.context() as m:
+            m.setattr(trace_module, "SMALL_CALL", 0)  # the values-only path of larger tapes
+            same(F(x, *args), rv)
     if tier == "compiled" and name != "branchy":
         # the compiled tier's entry point ran, not the interpreter's packed kernel
         assert F._local.hot[1] is F._tier.ready(F.tape).entry
