@@ -577,16 +577,7 @@ def _lanes_functions(w, inputs, params, outputs):
 
     def per_item(table, count, body):
         # for j in range(count): body(j, table[j]) with an inner loop over the lanes
-        if not count:
-            return
-        loop = object()
-
-        def outer():
-            j = fn.k[loop]
-            i = fn.op(f"load i64, ptr {fn.op(f'getelementptr inbounds [{count} x i64], ptr {table}, i64 0, i64 {j}')}")
-            per_lane(lambda: body(j, i))
-
-        fn.loop(loop, count, False, (), outer)
+        _for_table(fn, table, count, lambda j, i: per_lane(lambda: body(j, i)))
 
     def row(j, step):
         return fn.op(f"add i64 {fn.op(f'mul i64 {fn.k[LANE]}, {step}')}, {j}")
@@ -617,24 +608,31 @@ def _lanes_functions(w, inputs, params, outputs):
     return parts
 
 
-def _copy(fn, table, count, src, dst, gather=False, limit=None):
-    """for k in range(count): dst[table[k]] = src[k] (gather: dst[k] = src[table[k]], 0 where
-    table[k] > limit)."""
+def _for_table(fn, table, count, body):
+    """for j in range(count): body(j, table[j]), over a constant i64 table of the module."""
     if not count:
         return
     loop = object()
 
-    def body():
-        k = fn.k[loop]
-        slot = fn.op(f"getelementptr inbounds [{count} x i64], ptr {table}, i64 0, i64 {k}")
-        j = fn.op(f"load i64, ptr {slot}")
+    def outer():
+        j = fn.k[loop]
+        body(j, fn.op(f"load i64, ptr {fn.op(f'getelementptr inbounds [{count} x i64], ptr {table}, i64 0, i64 {j}')}"))
+
+    fn.loop(loop, count, False, (), outer)
+
+
+def _copy(fn, table, count, src, dst, gather=False, limit=None):
+    """for k in range(count): dst[table[k]] = src[k] (gather: dst[k] = src[table[k]], 0 where
+    table[k] > limit)."""
+
+    def body(k, j):
         if not gather:
             fn.store(dst, j, fn.load(src, k))
             return
         value = fn.load(src, j)
         fn.store(dst, k, fn.op(f"select i1 {fn.op(f'icmp sle i64 {j}, {limit}')}, double {value}, double 0.0"))
 
-    fn.loop(loop, count, False, (), body)
+    _for_table(fn, table, count, body)
 
 
 def _array(name, values):
